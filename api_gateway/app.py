@@ -1,0 +1,73 @@
+"""The application factory: lifespan resources, routes, error mapping."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+from redis.asyncio import Redis
+
+from api_gateway import errors
+from api_gateway.auth import KeyCache
+from api_gateway.metrics import MetricsMiddleware
+from api_gateway.publisher import Publisher
+from api_gateway.routes import contacts, health, updates
+from api_gateway.state import Gateway
+from api_gateway.waiter import ResultWaiter
+from contactsync.db import Database
+from contactsync.enqueue import Enqueuer
+from contactsync.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the gateway; it connects to Redis and the database when it starts serving."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings)
+        redis = Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
+            health_check_interval=30, max_connections=200,
+        )
+        enqueuer = Enqueuer(
+            redis, idempotency_ttl=settings.idempotency_ttl_seconds,
+            max_batch=settings.publish_max_batch,
+            origin=f"gateway@{settings.instance_name}:{os.getpid()}",
+        )
+        publisher = Publisher(
+            enqueuer, linger_seconds=settings.publish_linger_ms / 1000,
+            max_batch=settings.publish_max_batch,
+        )
+        waiter = ResultWaiter(redis)
+        app.state.gateway = Gateway(
+            settings=settings, db=db, redis=redis, enqueuer=enqueuer, publisher=publisher,
+            waiter=waiter, keys=KeyCache(db, settings.key_cache_seconds),
+        )
+        publisher.start()
+        await waiter.start()
+        await waiter.ready()
+        try:
+            yield
+        finally:
+            await publisher.stop()
+            await waiter.stop()
+            await redis.aclose()
+            db.dispose()
+
+    app = FastAPI(
+        title="contactsync",
+        version="1.0.0",
+        description="Queue-backed contact updates: PUT a partial update, a worker applies it.",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    errors.install(app)
+    app.add_middleware(MetricsMiddleware)
+    app.include_router(contacts.router)
+    app.include_router(updates.router)
+    app.include_router(health.router)
+    return app

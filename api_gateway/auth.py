@@ -1,0 +1,76 @@
+"""Authentication: the key from `X-API-Key` or `Authorization: Bearer`, and permissions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from contactsync.db import Database
+from contactsync.errors import InsufficientPermissions, InvalidApiKey, MissingApiKey
+from contactsync.ids import hash_api_key
+from contactsync.keys import Principal, authenticate
+
+_MAX_KEY_LENGTH = 256
+
+
+class KeyCache:
+    """Key lookups by hash, trusted for a few seconds so the hot path skips the database.
+
+    A revoked key is refused by every gateway process within `ttl` seconds.
+    """
+
+    def __init__(self, db: Database, ttl: float) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    async def lookup(self, secret: str) -> Principal | None:
+        digest = hash_api_key(secret)
+        now = time.monotonic()
+        cached = self._entries.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        principal = await run_in_threadpool(self._load, secret)
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[digest] = (now + self._ttl, principal)
+        return principal
+
+    def _load(self, secret: str) -> Principal | None:
+        with self._db.reading() as session:
+            return authenticate(session, secret)
+
+
+def presented_key(request: Request) -> str | None:
+    """Return the key the request carries, if any."""
+    key = request.headers.get("x-api-key")
+    if key is None:
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer":
+            key = token.strip()
+    return key or None
+
+
+def require(permission: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
+    """Return a dependency that admits keys holding `permission`."""
+
+    async def dependency(request: Request) -> Principal:
+        key = presented_key(request)
+        if key is None:
+            raise MissingApiKey("An API key is required: send it in the X-API-Key header.")
+        principal = None
+        if len(key) <= _MAX_KEY_LENGTH:
+            principal = await request.app.state.gateway.keys.lookup(key)
+        if principal is None:
+            raise InvalidApiKey("The API key is not valid or has been revoked.")
+        if permission not in principal.permissions:
+            raise InsufficientPermissions(f"This API key lacks the {permission} permission.")
+        request.state.principal = principal
+        return principal
+
+    return dependency

@@ -1,0 +1,76 @@
+"""Gather the updates a gateway process accepts within a few milliseconds into one flush.
+
+Requests hand their submission over and wait for its outcome; one background task flushes
+whatever has gathered (two Redis round trips, one task message per queue), so the cost per
+update falls as the load rises, and a 2xx is sent only after the update is safely in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from contactsync.enqueue import Enqueuer, Outcome, Submission
+
+log = logging.getLogger("contactsync.gateway")
+
+
+class Publisher:
+    """Coalesce submissions from concurrent requests into batched flushes."""
+
+    def __init__(self, enqueuer: Enqueuer, *, linger_seconds: float, max_batch: int) -> None:
+        self._enqueuer = enqueuer
+        self._linger = linger_seconds
+        self._max_batch = max_batch
+        self._pending: list[tuple[Submission, asyncio.Future[Outcome]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="contactsync-publisher")
+
+    async def stop(self) -> None:
+        """Flush what is pending, then stop."""
+        if self._task is None:
+            return
+        while self._pending:
+            await self._flush()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def submit(self, submission: Submission) -> Outcome:
+        """Queue one submission; return once it is in Redis (or raise why not)."""
+        return (await self.submit_many([submission]))[0]
+
+    async def submit_many(self, submissions: list[Submission]) -> list[Outcome]:
+        """Queue several submissions in the same flush when they fit; return their outcomes."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in submissions]
+        self._pending.extend(zip(submissions, futures, strict=True))
+        self._wake.set()
+        return list(await asyncio.gather(*futures))
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            if self._linger and len(self._pending) < self._max_batch:
+                await asyncio.sleep(self._linger)
+            self._wake.clear()
+            while self._pending:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        batch = self._pending[: self._max_batch * 4]
+        del self._pending[: len(batch)]
+        try:
+            outcomes = await self._enqueuer.accept([s for s, _ in batch])
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)

@@ -1,0 +1,35 @@
+"""What a gateway process holds for its lifetime, and the dependency that hands it out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+
+from api_gateway.auth import KeyCache
+from api_gateway.publisher import Publisher
+from api_gateway.waiter import ResultWaiter
+from contactsync.db import Database
+from contactsync.enqueue import Enqueuer
+from contactsync.settings import Settings
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    db: Database
+    redis: Redis
+    enqueuer: Enqueuer
+    publisher: Publisher
+    waiter: ResultWaiter
+    keys: KeyCache
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]

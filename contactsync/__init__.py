@@ -1,0 +1,1 @@
+"""contactsync: apply contact updates from a queue, idempotently, with change events."""

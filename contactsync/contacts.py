@@ -1,0 +1,90 @@
+"""Contacts: the public shape of a row, creation, and lookup within one account."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from contactsync.ids import new_contact_id
+from contactsync.merge import ContactState
+from contactsync.models import Contact
+from contactsync.timeutil import isoformat, utcnow
+
+
+def contact_to_dict(contact: Contact) -> dict[str, Any]:
+    """Return the seed's contact shape for a row."""
+    return {
+        "id": contact.id,
+        "name": contact.name,
+        "email": contact.email,
+        "phone": contact.phone,
+        "company": contact.company,
+        "position": contact.position,
+        "source": contact.source,
+        "linkedin_url": contact.linkedin_url,
+        "tags": list(contact.tags),
+        "custom_fields": dict(contact.custom_fields),
+        "created_at": isoformat(contact.created_at),
+        "updated_at": isoformat(contact.updated_at),
+    }
+
+
+def state_of(contact: Contact) -> ContactState:
+    """Return the mergeable state of a row."""
+    return ContactState(
+        fields={
+            "name": contact.name,
+            "email": contact.email,
+            "phone": contact.phone,
+            "company": contact.company,
+            "position": contact.position,
+            "linkedin_url": contact.linkedin_url,
+        },
+        tags=tuple(contact.tags),
+        custom_fields=dict(contact.custom_fields),
+        field_seqs=dict(contact.field_seqs),
+    )
+
+
+def store_state(contact: Contact, state: ContactState) -> None:
+    """Write a merged state back onto its row."""
+    for name, value in state.fields.items():
+        setattr(contact, name, value)
+    contact.tags = list(state.tags)
+    contact.custom_fields = dict(state.custom_fields)
+    contact.field_seqs = dict(state.field_seqs)
+
+
+def get_contact(session: Session, account_id: str, contact_id: str) -> Contact | None:
+    """Return one account's contact, or None: another account's contact is not found."""
+    return session.scalar(
+        select(Contact).where(Contact.id == contact_id, Contact.account_id == account_id)
+    )
+
+
+def create_contact(
+    session: Session, account_id: str, fields: dict[str, Any], contact_id: str | None = None
+) -> Contact:
+    """Add a new contact to the session; `fields` holds a validated creation body."""
+    now = utcnow()
+    contact = Contact(
+        id=contact_id or new_contact_id(),
+        account_id=account_id,
+        name=fields["name"],
+        email=fields.get("email"),
+        phone=fields.get("phone"),
+        company=fields.get("company"),
+        position=fields.get("position"),
+        source=fields.get("source", "other"),
+        linkedin_url=fields.get("linkedin_url"),
+        tags=list(fields.get("tags") or []),
+        custom_fields={k: v for k, v in (fields.get("custom_fields") or {}).items() if v is not None},
+        # Creation writes at sequence 0: any accepted update is newer.
+        field_seqs={},
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(contact)
+    return contact

@@ -1,0 +1,70 @@
+"""Engine factory and the unit of work: the only place that commits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from contactsync.settings import Settings
+
+
+def make_engine(settings: Settings, *, write_heavy: bool = False) -> Engine:
+    """Create an engine; `write_heavy` SQLite engines take the write lock when they begin."""
+    url = settings.database_url
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if not settings.is_sqlite:
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (SQLAlchemy's recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # A deferred transaction that reads, then writes, fails at once with SQLITE_BUSY when
+        # another writer holds the lock; taking the lock up front makes it wait its turn.
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write_heavy else "BEGIN")
+
+    return engine
+
+
+class Database:
+    """An engine with its session factory."""
+
+    def __init__(self, settings: Settings, *, write_heavy: bool = False) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings, write_heavy=write_heavy)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[Session]:
+        """Yield a session; commit when the block ends cleanly, roll back otherwise."""
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """Yield a session for reads only."""
+        with self._sessions() as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,117 @@
+"""One error tree: client errors (mapped to HTTP once), retryable and permanent failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ContactSyncError(Exception):
+    """Root of every error the project raises on purpose."""
+
+
+class ClientError(ContactSyncError):
+    """A request the client must change: mapped to the HTTP error envelope in one place."""
+
+    status_code = 400
+    code = "VALIDATION_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+class ValidationFailed(ClientError):
+    status_code = 400
+    code = "VALIDATION_ERROR"
+
+    def __init__(self, fields: dict[str, str], message: str = "The request is not valid.") -> None:
+        super().__init__(message, details={"fields": fields})
+        self.fields = fields
+
+
+class MissingApiKey(ClientError):
+    status_code = 401
+    code = "MISSING_API_KEY"
+
+
+class InvalidApiKey(ClientError):
+    status_code = 401
+    code = "INVALID_API_KEY"
+
+
+class InsufficientPermissions(ClientError):
+    status_code = 403
+    code = "INSUFFICIENT_PERMISSIONS"
+
+
+class NotFound(ClientError):
+    status_code = 404
+    code = "NOT_FOUND"
+
+
+class MethodNotAllowed(ClientError):
+    status_code = 405
+    code = "METHOD_NOT_ALLOWED"
+
+
+class Conflict(ClientError):
+    status_code = 409
+    code = "CONFLICT"
+
+
+class PayloadTooLarge(ClientError):
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class UnsupportedMediaType(ClientError):
+    status_code = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class IdempotencyKeyReused(ClientError):
+    status_code = 422
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class RateLimited(ClientError):
+    status_code = 429
+    code = "RATE_LIMIT_EXCEEDED"
+
+
+class ServiceUnavailable(ClientError):
+    status_code = 503
+    code = "SERVICE_UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(
+            message,
+            details={"retry_after": retry_after},
+            headers={"Retry-After": str(retry_after)},
+        )
+        self.retry_after = retry_after
+
+
+class ApplyFailure(ContactSyncError):
+    """A failure while applying an update in a worker."""
+
+
+class TransientFailure(ApplyFailure):
+    """Worth retrying: a lost connection, a deadlock, a lock timeout."""
+
+
+class PermanentFailure(ApplyFailure):
+    """Retrying cannot help: the update ends `failed` and is parked as a dead letter."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -1,0 +1,57 @@
+"""Identifiers: random public ids, API keys, and the event id derived from an update id."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+
+_ALPHABET = string.ascii_lowercase + string.digits
+_KEY_ALPHABET = string.ascii_letters + string.digits
+API_KEY_PREFIX = "csk_live_"
+API_KEY_RANDOM_LENGTH = 40  # ~238 bits of entropy
+KEY_DISPLAY_PREFIX_LENGTH = len(API_KEY_PREFIX) + 8
+
+
+def _random(length: int, alphabet: str = _ALPHABET) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def new_contact_id() -> str:
+    """Return a new contact id: `cnt_` and 12 lowercase letters and digits."""
+    return "cnt_" + _random(12)
+
+
+def new_update_id() -> str:
+    """Return a new update id."""
+    return "upd_" + _random(20)
+
+
+def event_id_for(update_id: str) -> str:
+    """Return the event id of an update, fixed so that redelivery never makes a second one."""
+    return "evt_" + update_id.removeprefix("upd_")
+
+
+def new_account_id() -> str:
+    """Return a new account id."""
+    return "acc_" + _random(16)
+
+
+def new_key_id() -> str:
+    """Return a new API-key record id."""
+    return "key_" + _random(16)
+
+
+def new_api_key() -> str:
+    """Return a new secret API key, to be shown once."""
+    return API_KEY_PREFIX + _random(API_KEY_RANDOM_LENGTH, _KEY_ALPHABET)
+
+
+def hash_api_key(key: str) -> str:
+    """Return the stored form of a key: keys are high-entropy, so a plain SHA-256 suffices."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def display_prefix(key: str) -> str:
+    """Return the part of a key that may be shown and used to name it (`keys revoke`)."""
+    return key[:KEY_DISPLAY_PREFIX_LENGTH]

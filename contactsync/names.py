@@ -1,0 +1,34 @@
+"""Every Redis key, queue and stream name the project uses, in one place."""
+
+from __future__ import annotations
+
+# Celery queue for single updates from PUT; its own list key in Redis.
+UPDATES_QUEUE = "contacts.updates"
+# Celery queue for batch updates and imports, so bulk work never starves single updates.
+BULK_QUEUE = "contacts.bulk"
+# Task that applies a group of accepted updates.
+APPLY_TASK = "contactsync.apply_updates"
+
+# Counter behind update sequence numbers (a floor of Redis server time in microseconds).
+SEQUENCE_KEY = "contactsync:sequence"
+# Prefix of the stored body of an accepted, not yet finished update (its fields, its sequence).
+UPDATE_BODY_PREFIX = "contactsync:update:"
+# Prefix of idempotency records: contactsync:idem:{account_id}:{sha256 of the key}.
+IDEMPOTENCY_PREFIX = "contactsync:idem:"
+# Prefix of the pub/sub channel on which workers answer a gateway process waiting for results.
+RESULTS_CHANNEL_PREFIX = "contactsync:results:"
+
+
+def update_body_key(update_id: str) -> str:
+    """Return the Redis key holding an accepted update's body."""
+    return UPDATE_BODY_PREFIX + update_id
+
+
+def idempotency_key(account_id: str, key_digest: str) -> str:
+    """Return the Redis key of one account's idempotency record."""
+    return f"{IDEMPOTENCY_PREFIX}{account_id}:{key_digest}"
+
+
+def results_channel(instance_id: str) -> str:
+    """Return the pub/sub channel of one waiting gateway process."""
+    return RESULTS_CHANNEL_PREFIX + instance_id

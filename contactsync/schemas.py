@@ -1,0 +1,222 @@
+"""The public contract: request bodies with their validation rules, and response shapes."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from contactsync.errors import ValidationFailed
+
+STRING_FIELDS = ("name", "email", "phone", "company", "position", "linkedin_url")
+CLEARABLE_FIELDS = frozenset(STRING_FIELDS) - {"name"}
+MAX_TAGS = 100
+MAX_TAG_LENGTH = 64
+MAX_CUSTOM_FIELDS = 100
+MAX_CUSTOM_KEY_LENGTH = 64
+MAX_BODY_BYTES = 64 * 1024
+SOURCES = ("linkedin", "csv", "crm", "api", "manual", "other")
+
+_PHONE = re.compile(r"^[0-9 +\-().]+$")
+
+
+def _email(value: str) -> str:
+    if len(value) > 254:
+        raise ValueError("must be at most 254 characters")
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"is not a valid email address ({exc})") from None
+
+
+def _phone(value: str) -> str:
+    if len(value) > 32:
+        raise ValueError("must be at most 32 characters")
+    if not _PHONE.match(value):
+        raise ValueError("may hold only digits, spaces and + - ( ) .")
+    if sum(ch.isdigit() for ch in value) < 5:
+        raise ValueError("must hold at least 5 digits")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if len(value) > 2048:
+        raise ValueError("must be at most 2048 characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or " " in value:
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+def _tags(values: list[str]) -> list[str]:
+    if len(values) > MAX_TAGS:
+        raise ValueError(f"must hold at most {MAX_TAGS} tags")
+    seen: dict[str, None] = {}
+    for index, tag in enumerate(values):
+        if not 1 <= len(tag) <= MAX_TAG_LENGTH:
+            raise ValueError(f"item {index} must be 1 to {MAX_TAG_LENGTH} characters")
+        seen.setdefault(tag, None)
+    return list(seen)
+
+
+JsonScalar = str | int | float | bool | None
+
+
+def _custom_fields(values: dict[str, JsonScalar]) -> dict[str, JsonScalar]:
+    if len(values) > MAX_CUSTOM_FIELDS:
+        raise ValueError(f"must hold at most {MAX_CUSTOM_FIELDS} keys")
+    for key in values:
+        if not 1 <= len(key) <= MAX_CUSTOM_KEY_LENGTH:
+            raise ValueError(f"key {key[:80]!r} must be 1 to {MAX_CUSTOM_KEY_LENGTH} characters")
+    return values
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Text200 = Annotated[str, Field(max_length=200)]
+Email = Annotated[str, AfterValidator(_email)]
+Phone = Annotated[str, AfterValidator(_phone)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Tags = Annotated[list[Annotated[str, Field(strict=True)]], AfterValidator(_tags)]
+CustomFields = Annotated[dict[str, JsonScalar], AfterValidator(_custom_fields)]
+
+
+class ContactFields(BaseModel):
+    """Fields an update may carry; only those present in the body change."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+
+    name: Name | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+    company: Text200 | None = None
+    position: Text200 | None = None
+    linkedin_url: HttpUrl | None = None
+    tags: Tags | None = None
+    custom_fields: CustomFields | None = None
+
+    def patch(self) -> dict[str, Any]:
+        """Return only the fields the client sent, normalized."""
+        patch = self.model_dump(include=self.model_fields_set)
+        for field in ("company", "position"):
+            if patch.get(field) == "":
+                patch[field] = None  # an empty string clears, as null does
+        return patch
+
+
+class ContactUpdate(ContactFields):
+    """Body of `PUT /external/v1/contacts/{id}`."""
+
+
+class ContactCreate(ContactFields):
+    """Body of `POST /external/v1/contacts`."""
+
+    name: Name  # type: ignore[assignment]
+    source: Literal["linkedin", "csv", "crm", "api", "manual", "other"] = "other"
+
+
+class Contact(BaseModel):
+    """A contact, exactly the seed's fields."""
+
+    id: str
+    name: str
+    email: str | None
+    phone: str | None
+    company: str | None
+    position: str | None
+    source: str
+    linkedin_url: str | None
+    tags: list[str]
+    custom_fields: dict[str, JsonScalar]
+    created_at: str
+    updated_at: str
+
+
+class UpdateError(BaseModel):
+    code: str
+    message: str
+
+
+class UpdateRecord(BaseModel):
+    """What became of one accepted update."""
+
+    update_id: str
+    contact_id: str
+    status: Literal["queued", "applied", "noop", "not_found", "failed"]
+    received_at: str
+    applied_at: str | None
+    changed_fields: list[str]
+    error: UpdateError | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorEnvelope(BaseModel):
+    success: Literal[False] = False
+    error: ErrorBody
+
+
+class ContactEnvelope(BaseModel):
+    success: Literal[True] = True
+    data: Contact
+
+
+class UpdateRecordEnvelope(BaseModel):
+    success: Literal[True] = True
+    data: UpdateRecord
+
+
+M = TypeVar("M", bound=ContactFields)
+
+
+def _field_errors(exc: ValidationError, body: Any) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        field = str(loc[0]) if loc else "_body"
+        if error["type"] == "extra_forbidden":
+            message = "Unknown field."
+        elif error["type"] in ("none_required", "string_type", "dict_type", "list_type") and (
+            isinstance(body, dict) and body.get(field, 0) is None
+        ):
+            message = "May not be null."
+        elif field == "custom_fields" and len(loc) > 1:
+            message = f"{loc[1]}: must be a string, number, boolean or null"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            if len(loc) > 1:
+                message = f"{'.'.join(str(p) for p in loc[1:])}: {message}"
+        fields.setdefault(field, message)
+    return fields
+
+
+def _check_nulls(body: dict[str, Any], model: type[ContactFields]) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for field in ("name", "tags", "custom_fields"):
+        if field in body and body[field] is None and field in model.model_fields:
+            fields[field] = (
+                "May not be null: a contact always has a name." if field == "name"
+                else "May not be null: send [] or {} to clear." if field == "tags"
+                else "May not be null: set a key to null to remove it."
+            )
+    return fields
+
+
+def parse_body(model: type[M], body: Any) -> M:
+    """Validate a decoded JSON body, or raise `ValidationFailed` naming each bad field."""
+    if not isinstance(body, dict):
+        raise ValidationFailed({"_body": "The body must be a JSON object."})
+    null_errors = _check_nulls(body, model)
+    try:
+        parsed = model.model_validate(body)
+    except ValidationError as exc:
+        raise ValidationFailed({**_field_errors(exc, body), **null_errors}) from None
+    if null_errors:
+        raise ValidationFailed(null_errors)
+    return parsed

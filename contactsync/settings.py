@@ -1,0 +1,81 @@
+"""The one settings object: nothing else in the project reads the environment."""
+
+from __future__ import annotations
+
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration, from `CONTACTSYNC_*` variables plus `DATABASE_URL` / `REDIS_URL`."""
+
+    model_config = SettingsConfigDict(env_prefix="CONTACTSYNC_", extra="ignore")
+
+    environment: str = Field(default="development", description="development or production")
+    database_url: str = Field(
+        default="sqlite:///contactsync.db",
+        validation_alias=AliasChoices("DATABASE_URL", "CONTACTSYNC_DATABASE_URL"),
+        description="SQLAlchemy URL; SQLite file by default, postgresql+psycopg:// in production",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "CONTACTSYNC_REDIS_URL"),
+        description="Redis: Celery broker, result channel, event stream, rate limits",
+    )
+    sync_wait_seconds: float = Field(
+        default=5.0, ge=0, le=60, description="how long a default-mode PUT waits for the worker"
+    )
+    publish_linger_ms: float = Field(
+        default=2.0, ge=0, le=100,
+        description="how long the gateway gathers updates into one queue message",
+    )
+    publish_max_batch: int = Field(
+        default=200, ge=1, le=1000, description="most updates in one queue message"
+    )
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=60)
+    key_cache_seconds: float = Field(
+        default=2.0, ge=0, le=60, description="how long a gateway process trusts a key lookup"
+    )
+    max_retries: int = Field(default=8, ge=0, description="transient-failure retries per update")
+    retry_backoff_max_seconds: int = Field(default=60, ge=1)
+    visibility_timeout_seconds: int = Field(
+        default=3600, ge=10,
+        description="an unacknowledged message goes back to the queue after this long",
+    )
+    worker_concurrency: int | None = Field(default=None, ge=1)
+    relay_interval_seconds: float = Field(default=0.2, gt=0, le=10)
+    relay_batch_size: int = Field(default=500, ge=1)
+    events_stream: str = "contactsync:events"
+    events_stream_maxlen: int = Field(default=1_000_000, ge=1000)
+    flower_basic_auth: str = Field(
+        default="admin:contactsync", description="user:password for the Flower dashboard"
+    )
+    log_level: str = "INFO"
+    instance_name: str = Field(default_factory=socket.gethostname)
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_colon_password(cls, value: str) -> str:
+        if ":" not in value or value.startswith(":") or value.endswith(":"):
+            raise ValueError("must be user:password")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def sqlite_path(self) -> Path | None:
+        """Return the SQLite file this configuration points at, if any."""
+        if not self.is_sqlite:
+            return None
+        return Path(self.database_url.split(":///", 1)[1])
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once."""
+    return Settings()

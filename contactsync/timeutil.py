@@ -1,0 +1,25 @@
+"""UTC times and their one text form: ISO 8601 with milliseconds and `Z`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Return `value` as aware UTC (SQLite hands back naive datetimes that are UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def isoformat(value: datetime) -> str:
+    """Return `2024-01-15T10:30:00.000Z` for a datetime."""
+    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> datetime:
+    """Parse an ISO 8601 time (a trailing `Z` allowed; naive means UTC)."""
+    return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))

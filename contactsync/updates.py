@@ -1,0 +1,52 @@
+"""An accepted update as it travels: stored in Redis by the gateway, read by a worker."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+_MAX_REPR = 1000
+
+
+@dataclass(frozen=True)
+class AcceptedUpdate:
+    """One accepted update: who sent it, for which contact, its sequence and its patch."""
+
+    update_id: str
+    account_id: str
+    contact_id: str
+    seq: int
+    received_at: str
+    patch: dict[str, Any]
+    queue: str
+    reply_to: str | None = None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> AcceptedUpdate:
+        return cls(**orjson.loads(raw))
+
+    def queued_record(self) -> dict[str, Any]:
+        """Return the public update record of this update while it is queued."""
+        return {
+            "update_id": self.update_id, "contact_id": self.contact_id, "status": "queued",
+            "received_at": self.received_at, "applied_at": None, "changed_fields": [],
+            "error": None,
+        }
+
+    def changed_field_names(self) -> list[str]:
+        """Return the names of the fields this update touches, never their values."""
+        names = [name for name in self.patch if name != "custom_fields"]
+        names += [f"custom_fields.{key}" for key in self.patch.get("custom_fields", {})]
+        return names
+
+
+def task_argsrepr(updates: list[AcceptedUpdate]) -> str:
+    """Describe a task's updates for Flower: ids and field names, never values."""
+    parts = [f"{u.contact_id} {u.update_id} [{','.join(u.changed_field_names())}]" for u in updates]
+    text = "; ".join(parts)
+    return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 1] + "…"

@@ -1,0 +1,1 @@
+"""Celery task wrappers: parse the payload, call the logic, commit, decide retry."""

@@ -1,0 +1,168 @@
+"""The apply task: load the accepted updates, apply them in one transaction, answer, clean up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from celery import Task
+
+from contactsync import names
+from contactsync.apply import Outcome, apply_batch, record_failures
+from contactsync.dead_letters import park
+from contactsync.errors import TransientFailure
+from contactsync.timeutil import isoformat, utcnow
+from contactsync.updates import AcceptedUpdate
+from tasks.retry import backoff_seconds, is_transient
+from tasks.runtime import Runtime, get_runtime
+from worker.app import app
+
+log = logging.getLogger("contactsync.worker")
+
+
+@dataclass
+class BatchResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    transient: list[AcceptedUpdate] = field(default_factory=list)
+    permanent: list[tuple[AcceptedUpdate, dict[str, str]]] = field(default_factory=list)
+
+
+@app.task(name=names.APPLY_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def apply_updates(self: Task, update_ids: list[str]) -> dict[str, int]:
+    """Apply accepted updates by id; return counts by status (no personal data)."""
+    runtime = get_runtime()
+    try:
+        updates = load_updates(runtime, update_ids)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise retry(self, runtime, update_ids) from exc
+    result = apply_with_fallback(runtime, updates)
+    exhausted = self.request.retries >= runtime.settings.max_retries
+    if result.transient and exhausted:
+        error = {"code": "TRANSIENT_FAILURE", "message": "Failed after every retry."}
+        result.permanent += [(u, error) for u in result.transient]
+        result.transient = []
+    if result.permanent:
+        park_failures(self, runtime, result.permanent)
+    finish(runtime, result.outcomes, [u for u, _ in result.permanent])
+    if result.transient:
+        raise retry(self, runtime, [u.update_id for u in result.transient])
+    counts: dict[str, int] = {}
+    for outcome in result.outcomes:
+        key = "duplicate" if outcome.duplicate else outcome.status
+        counts[key] = counts.get(key, 0) + 1
+    if result.permanent:
+        counts["failed"] = counts.get("failed", 0) + len(result.permanent)
+    return counts
+
+
+def load_updates(runtime: Runtime, update_ids: Sequence[str]) -> list[AcceptedUpdate]:
+    """Read the bodies the gateway stored; a missing one was finished by an earlier delivery."""
+    raws = runtime.redis.mget([names.update_body_key(i) for i in update_ids])
+    missing = [i for i, raw in zip(update_ids, raws, strict=True) if raw is None]
+    if missing:
+        log.info("skipping updates with no stored body", extra={"update_ids": missing})
+    return [AcceptedUpdate.from_json(raw) for raw in raws if raw is not None]
+
+
+def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> BatchResult:
+    """Apply all in one transaction; if that fails for good, apply one by one."""
+    result = BatchResult()
+    if not updates:
+        return result
+    try:
+        with runtime.db.unit_of_work() as session:
+            result.outcomes = apply_batch(session, updates, utcnow())
+        return result
+    except Exception as exc:
+        if is_transient(exc):
+            result.transient = list(updates)
+            return result
+        if len(updates) == 1:
+            result.permanent = [(updates[0], _error_of(exc))]
+            return result
+        log.warning("batch failed, applying one by one", exc_info=True)
+    for update in updates:
+        try:
+            with runtime.db.unit_of_work() as session:
+                result.outcomes += apply_batch(session, [update], utcnow())
+        except Exception as exc:
+            if is_transient(exc):
+                result.transient.append(update)
+            else:
+                log.exception("update failed", extra={"update_id": update.update_id})
+                result.permanent.append((update, _error_of(exc)))
+    return result
+
+
+def _error_of(exc: BaseException) -> dict[str, str]:
+    # The exception text may quote personal data from the statement: name the type only.
+    name = type(exc).__name__
+    return {"code": "APPLY_FAILED", "message": f"The update could not be applied ({name})."}
+
+
+def park_failures(
+    task: Task, runtime: Runtime, failures: list[tuple[AcceptedUpdate, dict[str, str]]]
+) -> None:
+    """Record `failed` and park as dead letters; while the database is down, keep retrying."""
+    try:
+        with runtime.db.unit_of_work() as session:
+            now = utcnow()
+            record_failures(session, failures, now)
+            park(session, failures, now)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise retry(task, runtime, [u.update_id for u, _ in failures]) from exc
+
+
+def finish(runtime: Runtime, outcomes: list[Outcome], parked: list[AcceptedUpdate]) -> None:
+    """After commit: answer waiting gateways, then drop the bodies of finished updates."""
+    replies: dict[str, list[dict[str, Any]]] = {}
+    for outcome in outcomes:
+        if outcome.update.reply_to:
+            replies.setdefault(outcome.update.reply_to, []).append(reply_of(outcome))
+    finished = [o.update.update_id for o in outcomes] + [u.update_id for u in parked]
+    try:
+        with runtime.redis.pipeline(transaction=False) as pipe:
+            for channel, items in replies.items():
+                pipe.publish(channel, orjson.dumps(items))
+            if finished:
+                pipe.delete(*[names.update_body_key(i) for i in finished])
+            pipe.execute()
+    except Exception:
+        # The updates are committed; a waiting gateway falls back to 202 and a leftover body
+        # is skipped on redelivery, so losing this step loses nothing.
+        log.warning("could not publish replies or drop bodies", exc_info=True)
+
+
+def reply_of(outcome: Outcome) -> dict[str, Any]:
+    """Return what a waiting gateway needs to answer the client."""
+    update = outcome.update
+    return {
+        "update_id": update.update_id,
+        "contact_id": update.contact_id,
+        "status": outcome.status,
+        "received_at": update.received_at,
+        "applied_at": isoformat(utcnow()),
+        "changed_fields": outcome.changed_fields,
+        "error": outcome.error,
+        "contact": outcome.contact,
+    }
+
+
+def retry(task: Task, runtime: Runtime, update_ids: list[str]) -> Exception:
+    """Return Celery's retry for these updates after an exponential, jittered wait.
+
+    The retry budget is counted here (`max_retries` in settings), not by Celery: updates that
+    exhaust it are parked, and the ones that cannot be parked yet keep waiting.
+    """
+    countdown = backoff_seconds(task.request.retries, runtime.settings.retry_backoff_max_seconds)
+    return task.retry(
+        args=[update_ids], countdown=countdown, max_retries=None,
+        exc=TransientFailure("transient failure"),
+    )

@@ -1,0 +1,38 @@
+"""The retry policy, in one place: what is transient, and how long to wait."""
+
+from __future__ import annotations
+
+import random
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from contactsync.errors import TransientFailure
+
+# Serialization failure, deadlock, lock timeout, and the connection and shutdown classes.
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"}
+_TRANSIENT_SQLSTATE_CLASSES = ("08",)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Tell whether retrying later could succeed."""
+    if isinstance(exc, TransientFailure | RedisConnectionError | RedisTimeoutError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate:
+            return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith(
+                _TRANSIENT_SQLSTATE_CLASSES
+            )
+        # SQLite reports a busy or locked database, and psycopg a dropped connection, here.
+        return isinstance(exc, OperationalError)
+    return False
+
+
+def backoff_seconds(retries: int, cap: float) -> float:
+    """Return the wait before retry number `retries + 1`: exponential, with jitter."""
+    ceiling = min(cap, 0.5 * 2**retries)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)

@@ -1,0 +1,10 @@
+"""Unit tests import the package from the working tree even when it is not pip-installed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))

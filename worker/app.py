@@ -1,0 +1,47 @@
+"""The one Celery app; its configuration is derived from the settings object."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from contactsync import names
+from contactsync.settings import Settings, get_settings
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    """Return Celery's configuration for these settings."""
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_seconds},
+        # JSON only: a pickled message could run code in the worker.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        # A message is acknowledged only once its updates are committed, and one whose worker
+        # died mid-task goes back to the queue: an accepted update is never lost.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 4,
+        "task_default_queue": names.UPDATES_QUEUE,
+        "task_queues": [Queue(names.UPDATES_QUEUE), Queue(names.BULK_QUEUE)],
+        "task_routes": {names.APPLY_TASK: {"queue": names.UPDATES_QUEUE}},
+        # Task events let Flower show every update's task as it moves.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "enable_utc": True,
+        "worker_hijack_root_logger": False,
+        "worker_concurrency": settings.worker_concurrency,
+    }
+
+
+def create_app(settings: Settings) -> Celery:
+    """Build the Celery app; it connects to nothing until a worker or producer starts."""
+    celery = Celery("contactsync", include=["tasks.apply", "worker.signals"])
+    celery.conf.update(celery_config(settings))
+    return celery
+
+
+app = create_app(get_settings())
