@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from contactsync.merge import CUSTOM_PREFIX, SCALAR_FIELDS, Change, ContactState, merge
 
 FAST = settings(max_examples=200, deadline=None, database=None)
+# Simpler properties need fewer examples; keeps the whole file at a few seconds.
+QUICK = settings(max_examples=80, deadline=None, database=None)
 
 Patch = dict[str, Any]
 Update = tuple[int, Patch]
@@ -210,7 +212,7 @@ def test_empty_state_null_then_older_value_is_the_same_state_as_sequence_order()
     assert in_order == reversed_order
 
 
-@FAST
+@QUICK
 @given(start=empty_or_loaded_states, ups=updates(min_size=1))
 def test_final_values_come_from_the_highest_sequence_that_wrote_each_field(
     start: ContactState, ups: list[Update]
@@ -233,7 +235,7 @@ def test_final_values_come_from_the_highest_sequence_that_wrote_each_field(
 # --------------------------------------------------------------------------------------
 
 
-@FAST
+@QUICK
 @given(start=empty_or_loaded_states, patch=patches, seq=st.integers(min_value=1, max_value=40))
 def test_applying_an_update_twice_in_a_row_changes_nothing_the_second_time(
     start: ContactState, patch: Patch, seq: int
@@ -261,7 +263,7 @@ def test_changes_name_exactly_the_fields_that_differ(start: ContactState, patch:
     assert list(result.state.tags) == (want["tags"].new if "tags" in want else list(start.tags))
 
 
-@FAST
+@QUICK
 @given(start=loaded_states(), patch=patches)
 def test_every_field_sent_records_the_new_sequence(start: ContactState, patch: Patch) -> None:
     seq = max_seq(start) + 1
@@ -275,7 +277,7 @@ def test_every_field_sent_records_the_new_sequence(start: ContactState, patch: P
             assert seqs[name] == old
 
 
-@FAST
+@QUICK
 @given(start=loaded_states(), patch=patches)
 def test_a_patch_older_than_every_field_changes_nothing(start: ContactState, patch: Patch) -> None:
     keys = _seq_keys()
@@ -303,7 +305,7 @@ def noop_patches(draw: st.DrawFn, state: ContactState) -> Patch:
     return patch
 
 
-@FAST
+@QUICK
 @given(start=loaded_states(), data=st.data())
 def test_a_patch_with_the_current_values_is_a_noop(
     start: ContactState, data: st.DataObject
@@ -316,7 +318,7 @@ def test_a_patch_with_the_current_values_is_a_noop(
     assert dict(result.state.custom_fields) == dict(start.custom_fields)
 
 
-@FAST
+@QUICK
 @given(start=empty_or_loaded_states, seq=st.integers(min_value=0, max_value=40))
 def test_an_empty_patch_is_a_noop(start: ContactState, seq: int) -> None:
     result = merge(start, {}, seq)

@@ -1,0 +1,199 @@
+"""Fixtures: each test runs against SQLite and PostgreSQL, real Redis, real processes.
+
+`CONTACTSYNC_TEST_BACKENDS=sqlite` (or `postgresql`) narrows the run. A missing Redis or
+PostgreSQL skips on a laptop and fails in CI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from redis import Redis
+from sqlalchemy import text
+
+from contactsync.contacts import create_contact
+from contactsync.db import Database
+from contactsync.keys import create_key
+from contactsync.migrate import upgrade
+from contactsync.models import Base
+from contactsync.settings import Settings
+from tests.support import (
+    Process,
+    require_service,
+    service_env,
+    start_gateway,
+    start_worker,
+    wait_for_worker,
+    wait_until,
+)
+
+PG_ADMIN_URL = os.environ.get("CONTACTSYNC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+PG_TEST_DB = "contactsync_test"
+REDIS_BASE = os.environ.get("CONTACTSYNC_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB = {"sqlite": 14, "postgresql": 15}
+BACKENDS = os.environ.get("CONTACTSYNC_TEST_BACKENDS", "sqlite,postgresql").split(",")
+ALL_PERMISSIONS = ["contacts:read", "contacts:write", "contacts:delete"]
+
+
+def _redis_ok() -> bool:
+    try:
+        return bool(Redis.from_url(REDIS_BASE, socket_connect_timeout=1).ping())
+    except Exception:
+        return False
+
+
+def _postgres_url() -> str | None:
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=2) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (PG_TEST_DB,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{PG_TEST_DB}"')
+    except Exception:
+        return None
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    return f"{base}/{PG_TEST_DB}"
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def settings(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings for one backend, with the schema migrated from scratch."""
+    require_service("Redis", _redis_ok())
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'contactsync.db'}"
+    else:
+        pg = _postgres_url()
+        require_service("PostgreSQL", pg is not None)
+        assert pg is not None
+        url = pg
+        db = Database(Settings(database_url=url))
+        with db.engine.begin() as conn:
+            Base.metadata.drop_all(conn)
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        db.dispose()
+    upgrade(url)
+    return Settings(database_url=url, redis_url=f"{REDIS_BASE}/{REDIS_DB[backend]}")
+
+
+@pytest.fixture(scope="session")
+def database(settings: Settings) -> Iterator[Database]:
+    db = Database(settings)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_client(settings: Settings) -> Iterator[Redis]:
+    client = Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
+
+
+def _clean(database: Database, redis_client: Redis) -> None:
+    with database.unit_of_work() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(table.delete())
+    keys = list(redis_client.scan_iter("contactsync:*")) + ["contacts.updates", "contacts.bulk"]
+    redis_client.delete(*keys)
+
+
+@pytest.fixture
+def db(database: Database, redis_client: Redis) -> Database:
+    """The database, emptied (and Redis's contactsync keys dropped) before the test."""
+    _clean(database, redis_client)
+    return database
+
+
+@dataclass
+class Tenant:
+    account_id: str
+    key: str
+
+
+def make_tenant(database: Database, name: str, permissions: list[str] | None = None) -> Tenant:
+    with database.unit_of_work() as session:
+        row, secret = create_key(session, name, permissions or ALL_PERMISSIONS)
+        return Tenant(row.account_id, secret)
+
+
+def make_contact(database: Database, account_id: str, **fields: Any) -> str:
+    with database.unit_of_work() as session:
+        contact_id = fields.pop("id", None)
+        contact = create_contact(
+            session, account_id, {"name": "John Doe", **fields}, contact_id=contact_id
+        )
+        return contact.id
+
+
+@dataclass
+class Stack:
+    """A real gateway and worker against one backend."""
+
+    base_url: str
+    settings: Settings
+    db: Database
+    redis: Redis
+    worker: Process
+    gateway: Process
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"X-API-Key": key} if key else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=15)
+
+    def wait_finished(self, key: str, update_id: str, timeout: float = 20) -> dict[str, Any]:
+        """Return the update record once it is no longer queued."""
+        with self.client(key) as client:
+
+            def probe() -> dict[str, Any] | None:
+                data: dict[str, Any] = client.get(f"/external/v1/updates/{update_id}").json()["data"]
+                return data if data["status"] != "queued" else None
+
+            return wait_until(probe, timeout)
+
+    def events(self) -> list[dict[str, Any]]:
+        import orjson
+
+        entries = self.redis.xrange(self.settings.events_stream)
+        return [orjson.loads(fields[b"event"]) for _, fields in entries]
+
+
+@pytest.fixture(scope="session")
+def running_stack(
+    settings: Settings, database: Database, redis_client: Redis,
+    tmp_path_factory: pytest.TempPathFactory, backend: str,
+) -> Iterator[Stack]:
+    from tests.support import free_port
+
+    logs: Path = tmp_path_factory.mktemp(f"logs-{backend}")
+    env = service_env(
+        settings.database_url, settings.redis_url,
+        CONTACTSYNC_RELAY_INTERVAL_SECONDS="0.05", CONTACTSYNC_KEY_CACHE_SECONDS="0",
+        CONTACTSYNC_MAX_RETRIES="2", CONTACTSYNC_RETRY_BACKOFF_MAX_SECONDS="1",
+    )
+    _clean(database, redis_client)
+    worker = start_worker(env, logs / "worker.log")
+    port = free_port()
+    gateway = start_gateway(env, port, logs / "gateway.log")
+    wait_for_worker(worker)
+    yield Stack(f"http://127.0.0.1:{port}", settings, database, redis_client, worker, gateway)
+    gateway.stop()
+    worker.stop()
+
+
+@pytest.fixture
+def stack(running_stack: Stack, db: Database) -> Stack:
+    """The running stack, with the database and Redis emptied before the test."""
+    return running_stack
