@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 from redis.asyncio import Redis
 
-from api_gateway import errors
+from api_gateway import errors, openapi
 from api_gateway.auth import KeyCache
 from api_gateway.metrics import MetricsMiddleware
 from api_gateway.publisher import Publisher
+from api_gateway.responses import JSONResponse
 from api_gateway.routes import contacts, health, updates
 from api_gateway.state import Gateway
 from api_gateway.waiter import ResultWaiter
@@ -63,9 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description="Queue-backed contact updates: PUT a partial update, a worker applies it.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
+        default_response_class=JSONResponse,
     )
     errors.install(app)
+    openapi.install(app)
     app.add_middleware(MetricsMiddleware)
     app.include_router(contacts.router)
     app.include_router(updates.router)

@@ -63,7 +63,7 @@ def require(permission: str) -> Callable[[Request], Coroutine[Any, Any, Principa
         key = presented_key(request)
         if key is None:
             raise MissingApiKey("An API key is required: send it in the X-API-Key header.")
-        principal = None
+        principal: Principal | None = None
         if len(key) <= _MAX_KEY_LENGTH:
             principal = await request.app.state.gateway.keys.lookup(key)
         if principal is None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api_gateway.responses import JSONResponse
 from contactsync.errors import ClientError
 
 log = logging.getLogger("contactsync.gateway")
@@ -39,24 +41,25 @@ def envelope(code: str, message: str, details: dict[str, Any] | None = None) -> 
 def error_response(
     status: int, code: str, message: str, details: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
-) -> ORJSONResponse:
-    return ORJSONResponse(envelope(code, message, details), status_code=status, headers=headers)
+) -> JSONResponse:
+    return JSONResponse(envelope(code, message, details), status_code=status, headers=headers)
 
 
-async def _client_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _client_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ClientError)
     return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
 
 
-async def _http_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "INTERNAL_ERROR")
     messages = {404: "No such resource.", 405: "Method not allowed on this resource."}
     message = messages.get(exc.status_code, str(exc.detail))
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(exc.status_code, code, message, headers=headers)
 
 
-async def _request_validation(_: Request, exc: Exception) -> ORJSONResponse:
+async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     fields: dict[str, str] = {}
     for error in exc.errors():
@@ -65,7 +68,7 @@ async def _request_validation(_: Request, exc: Exception) -> ORJSONResponse:
     return error_response(400, "VALIDATION_ERROR", "The request is not valid.", {"fields": fields})
 
 
-async def _unavailable(_: Request, exc: Exception) -> ORJSONResponse:
+async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     log.warning("dependency unavailable: %s", type(exc).__name__)
     return error_response(
         503, "SERVICE_UNAVAILABLE", "A backing service is unavailable; retry shortly.",
@@ -73,9 +76,48 @@ async def _unavailable(_: Request, exc: Exception) -> ORJSONResponse:
     )
 
 
-async def _internal(_: Request, exc: Exception) -> ORJSONResponse:
-    log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+def _log_internal(exc: BaseException) -> None:
+    # The exception text may quote personal data (a failed statement's parameters): log the
+    # type and where it happened, never the message.
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("unhandled error: %s\n%s", type(exc).__name__, frames)
+
+
+async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    _log_internal(exc)
     return error_response(500, "INTERNAL_ERROR", "An internal error occurred.")
+
+
+class InternalErrors:
+    """Answer an unexpected exception with the 500 envelope, and keep the connection usable.
+
+    Starlette's own handler for `Exception` answers and then re-raises, so the server drops
+    the keep-alive connection under a response that never said `Connection: close`: the
+    client's next request on it fails. Catching here, inside that handler, ends it cleanly.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:
+                raise  # too late for an envelope: let the server close the connection
+            _log_internal(exc)
+            response = error_response(500, "INTERNAL_ERROR", "An internal error occurred.")
+            await response(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
@@ -85,4 +127,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation)
     for unavailable in (RedisConnectionError, RedisTimeoutError, OperationalError):
         app.add_exception_handler(unavailable, _unavailable)
-    app.add_exception_handler(Exception, _internal)
+    app.add_exception_handler(Exception, _internal)  # a backstop for the middleware's own
+    app.add_middleware(InternalErrors)

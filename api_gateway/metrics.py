@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,7 +49,12 @@ class MetricsMiddleware:
             REQUEST_SECONDS.labels(scope["method"], route).observe(time.perf_counter() - started)
 
 
-def _route_of(scope: dict[str, Any]) -> str:
+def _route_of(scope: Scope) -> str:
     route = scope.get("route")
+    if route is None and "endpoint" in scope:
+        # Routes that are not API routes (the OpenAPI document, the docs) leave no "route"
+        # in the scope, only their endpoint: find the route by it.
+        routes = getattr(scope.get("router"), "routes", ())
+        route = next((r for r in routes if getattr(r, "endpoint", None) is scope["endpoint"]), None)
     path = getattr(route, "path", None)
     return str(path) if path else "unmatched"

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from contactsync import events
 from contactsync.contacts import contact_to_dict, state_of, store_state
+from contactsync.dead_letters import park
 from contactsync.merge import Change, merge
 from contactsync.models import Contact, OutboxEvent, UpdateRecord
 from contactsync.schemas import MAX_CUSTOM_FIELDS
@@ -50,13 +51,14 @@ def apply_batch(
         select(Contact).where(Contact.id.in_(contact_ids)).order_by(Contact.id).with_for_update()
     ).all()
     contacts = {row.id: row for row in rows}
-    finished = dict(
-        session.execute(
+    finished: dict[str, str] = {
+        update_id: status
+        for update_id, status in session.execute(
             select(UpdateRecord.update_id, UpdateRecord.status).where(
                 UpdateRecord.update_id.in_([u.update_id for u in unique])
             )
-        ).tuples().all()
-    )
+        )
+    }
     applied_at = isoformat(now)
     outcomes: list[Outcome] = []
     records: list[dict[str, Any]] = []
@@ -73,9 +75,8 @@ def apply_batch(
         records.append(_record(update, outcome, now))
         if outcome.status == "applied" and outcome.contact is not None:
             event = events.contact_updated(update, outcome.changes, outcome.contact, applied_at)
-            outbox.append(
-                {"event_id": event["id"], "payload": orjson.dumps(event).decode(), "created_at": now}
-            )
+            payload = orjson.dumps(event).decode()
+            outbox.append({"event_id": event["id"], "payload": payload, "created_at": now})
     retried = [r["update_id"] for r in records if r["update_id"] in finished]
     if retried:  # a replayed dead letter replaces its `failed` record
         session.execute(delete(UpdateRecord).where(UpdateRecord.update_id.in_(retried)))
@@ -83,6 +84,11 @@ def apply_batch(
         session.execute(insert(UpdateRecord), records)
     if outbox:
         session.execute(insert(OutboxEvent), outbox)
+    # An update the rule refused (too many custom fields) is parked with its record, so that
+    # `dead-letters replay` can queue it again once the contact has room.
+    refused = [(o.update, o.error) for o in outcomes if o.status == "failed" and o.error]
+    if refused:
+        park(session, refused, now)
     return outcomes
 
 

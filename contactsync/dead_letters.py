@@ -1,4 +1,4 @@
-"""Dead letters: updates that failed every retry, kept whole, listed and replayed."""
+"""Dead letters: updates that ended `failed`, kept whole, listed and replayed."""
 
 from __future__ import annotations
 
@@ -23,27 +23,45 @@ def park(
 ) -> None:
     """Keep failed updates, in the caller's transaction, until someone replays them."""
     for update, error in failures:
-        session.merge(DeadLetter(
-            update_id=update.update_id, account_id=update.account_id,
-            contact_id=update.contact_id, queue=update.queue, body=asdict(update),
-            error=error, failed_at=now, replayed_at=None,
-        ))
+        # Lock and re-read the letter: a replay of it may be committing right now, and parking
+        # again must win over its `replayed_at`, never be silently overwritten by it.
+        letter = session.get(
+            DeadLetter, update.update_id, with_for_update=True, populate_existing=True
+        )
+        if letter is None:
+            letter = DeadLetter(update_id=update.update_id)
+            session.add(letter)
+        letter.account_id = update.account_id
+        letter.contact_id = update.contact_id
+        letter.queue = update.queue
+        letter.body = asdict(update)
+        letter.error = error
+        letter.failed_at = now
+        letter.replayed_at = None
 
 
-def pending(session: Session) -> list[DeadLetter]:
+def pending(session: Session, *, lock: bool = False) -> list[DeadLetter]:
     """Return the dead letters not replayed yet, oldest first."""
     query = select(DeadLetter).where(DeadLetter.replayed_at.is_(None))
+    if lock:
+        query = query.with_for_update()
     return list(session.scalars(query.order_by(DeadLetter.failed_at)))
 
 
 def replay(session: Session, redis: Redis, update_ids: Sequence[str], origin: str) -> list[str]:
     """Queue dead letters again with their original sequence; return the ids queued."""
-    letters = pending(session)
+    letters = pending(session, lock=True)
     if update_ids:
         wanted = set(update_ids)
         letters = [d for d in letters if d.update_id in wanted]
     if not letters:
         return []
+    now = utcnow()
+    for letter in letters:
+        letter.replayed_at = now
+    # Write `replayed_at` before queueing: once queued, a worker may fail the update again and
+    # park it, and that must land after this mark (it waits for the row), not under it.
+    session.flush()
     updates = [AcceptedUpdate(**{**d.body, "reply_to": None}) for d in letters]
     with redis.pipeline(transaction=True) as pipe:
         for update in updates:
@@ -51,7 +69,4 @@ def replay(session: Session, redis: Redis, update_ids: Sequence[str], origin: st
         for update in updates:
             pipe.lpush(queue_list_key(update.queue), task_message(update.queue, [update], origin))
         pipe.execute()
-    now = utcnow()
-    for letter in letters:
-        letter.replayed_at = now
     return [u.update_id for u in updates]

@@ -52,8 +52,9 @@ def merge(state: ContactState, patch: Mapping[str, Any], seq: int) -> MergeResul
         return True
 
     for name in SCALAR_FIELDS:
-        if name in patch and wins(name) and fields.get(name) != patch[name]:
-            changes[name] = Change(fields.get(name), patch[name])
+        if name in patch and wins(name):
+            if fields.get(name) != patch[name]:
+                changes[name] = Change(fields.get(name), patch[name])
             fields[name] = patch[name]
     if "tags" in patch and wins("tags"):
         new_tags = tuple(patch["tags"])

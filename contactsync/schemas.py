@@ -7,7 +7,14 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from contactsync.errors import ValidationFailed
 
@@ -46,19 +53,19 @@ def _http_url(value: str) -> str:
     if len(value) > 2048:
         raise ValueError("must be at most 2048 characters")
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or " " in value:
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
         raise ValueError("must be an http(s) URL")
     return value
 
 
 def _tags(values: list[str]) -> list[str]:
-    if len(values) > MAX_TAGS:
-        raise ValueError(f"must hold at most {MAX_TAGS} tags")
     seen: dict[str, None] = {}
     for index, tag in enumerate(values):
         if not 1 <= len(tag) <= MAX_TAG_LENGTH:
             raise ValueError(f"item {index} must be 1 to {MAX_TAG_LENGTH} characters")
         seen.setdefault(tag, None)
+    if len(seen) > MAX_TAGS:
+        raise ValueError(f"must hold at most {MAX_TAGS} distinct tags")
     return list(seen)
 
 
@@ -80,7 +87,11 @@ Email = Annotated[str, AfterValidator(_email)]
 Phone = Annotated[str, AfterValidator(_phone)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 Tags = Annotated[list[Annotated[str, Field(strict=True)]], AfterValidator(_tags)]
-CustomFields = Annotated[dict[str, JsonScalar], AfterValidator(_custom_fields)]
+# Custom field keys and values are kept exactly as sent: trimming keys could merge two of them.
+_Verbatim = Annotated[str, StringConstraints(strip_whitespace=False)]
+CustomFields = Annotated[
+    dict[_Verbatim, _Verbatim | int | float | bool | None], AfterValidator(_custom_fields)
+]
 
 
 class ContactFields(BaseModel):

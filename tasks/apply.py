@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from celery import Task
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from contactsync import names
 from contactsync.apply import Outcome, apply_batch, record_failures
@@ -16,7 +19,7 @@ from contactsync.dead_letters import park
 from contactsync.errors import TransientFailure
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate
-from tasks.retry import backoff_seconds, is_transient
+from tasks.retry import LOCK_TIMEOUT_MS, backoff_seconds, is_transient
 from tasks.runtime import Runtime, get_runtime
 from worker.app import app
 
@@ -46,9 +49,11 @@ def apply_updates(self: Task, update_ids: list[str]) -> dict[str, int]:
         error = {"code": "TRANSIENT_FAILURE", "message": "Failed after every retry."}
         result.permanent += [(u, error) for u in result.transient]
         result.transient = []
+    # Answer for what is committed first: parking may yet end in a retry.
+    finish(runtime, result.outcomes)
     if result.permanent:
         park_failures(self, runtime, result.permanent)
-    finish(runtime, result.outcomes, [u for u, _ in result.permanent])
+        finish(runtime, [Outcome(u, "failed", error=e) for u, e in result.permanent])
     if result.transient:
         raise retry(self, runtime, [u.update_id for u in result.transient])
     counts: dict[str, int] = {}
@@ -62,11 +67,33 @@ def apply_updates(self: Task, update_ids: list[str]) -> dict[str, int]:
 
 def load_updates(runtime: Runtime, update_ids: Sequence[str]) -> list[AcceptedUpdate]:
     """Read the bodies the gateway stored; a missing one was finished by an earlier delivery."""
+    # An id listed twice is one update: applied one by one, it would fail (or be parked) twice.
+    update_ids = list(dict.fromkeys(update_ids))
     raws = runtime.redis.mget([names.update_body_key(i) for i in update_ids])
     missing = [i for i, raw in zip(update_ids, raws, strict=True) if raw is None]
     if missing:
-        log.info("skipping updates with no stored body", extra={"update_ids": missing})
-    return [AcceptedUpdate.from_json(raw) for raw in raws if raw is not None]
+        log.info("skipping updates with no stored body: %s", ", ".join(missing))
+    updates = []
+    for update_id, raw in zip(update_ids, raws, strict=True):
+        if raw is None:
+            continue
+        try:
+            updates.append(AcceptedUpdate.from_json(raw))
+        except (ValueError, TypeError) as exc:
+            # One unreadable body (say, from a newer gateway) must not hold back the others;
+            # it stays in Redis for an operator to look at.
+            log.error("skipping update %s: unreadable body (%s)", update_id, type(exc).__name__)
+    return updates
+
+
+@contextmanager
+def unit_of_work(runtime: Runtime) -> Iterator[Session]:
+    """Open the worker's transaction; on PostgreSQL a lock wait in it is bounded."""
+    with runtime.db.unit_of_work() as session:
+        if not runtime.settings.is_sqlite:
+            # Without a bound, one row lock held elsewhere would stall this worker's queue.
+            session.execute(text(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}"))
+        yield session
 
 
 def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> BatchResult:
@@ -75,7 +102,7 @@ def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> Batc
     if not updates:
         return result
     try:
-        with runtime.db.unit_of_work() as session:
+        with unit_of_work(runtime) as session:
             result.outcomes = apply_batch(session, updates, utcnow())
         return result
     except Exception as exc:
@@ -83,20 +110,30 @@ def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> Batc
             result.transient = list(updates)
             return result
         if len(updates) == 1:
+            log.warning("update %s failed: %s", updates[0].update_id, _describe(exc))
             result.permanent = [(updates[0], _error_of(exc))]
             return result
-        log.warning("batch failed, applying one by one", exc_info=True)
+        log.warning("batch failed, applying one by one: %s", _describe(exc))
     for update in updates:
         try:
-            with runtime.db.unit_of_work() as session:
+            with unit_of_work(runtime) as session:
                 result.outcomes += apply_batch(session, [update], utcnow())
         except Exception as exc:
             if is_transient(exc):
                 result.transient.append(update)
             else:
-                log.exception("update failed", extra={"update_id": update.update_id})
+                log.warning("update %s failed: %s", update.update_id, _describe(exc))
                 result.permanent.append((update, _error_of(exc)))
     return result
+
+
+def _describe(exc: BaseException) -> str:
+    """Name a failure for the log without its text: SQL errors quote the statement's values."""
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return type(exc).__name__
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+    return f"{type(exc).__name__} ({type(orig).__name__}, {sqlstate})"
 
 
 def _error_of(exc: BaseException) -> dict[str, str]:
@@ -110,7 +147,7 @@ def park_failures(
 ) -> None:
     """Record `failed` and park as dead letters; while the database is down, keep retrying."""
     try:
-        with runtime.db.unit_of_work() as session:
+        with unit_of_work(runtime) as session:
             now = utcnow()
             record_failures(session, failures, now)
             park(session, failures, now)
@@ -120,13 +157,13 @@ def park_failures(
         raise retry(task, runtime, [u.update_id for u, _ in failures]) from exc
 
 
-def finish(runtime: Runtime, outcomes: list[Outcome], parked: list[AcceptedUpdate]) -> None:
+def finish(runtime: Runtime, outcomes: list[Outcome]) -> None:
     """After commit: answer waiting gateways, then drop the bodies of finished updates."""
     replies: dict[str, list[dict[str, Any]]] = {}
     for outcome in outcomes:
         if outcome.update.reply_to:
             replies.setdefault(outcome.update.reply_to, []).append(reply_of(outcome))
-    finished = [o.update.update_id for o in outcomes] + [u.update_id for u in parked]
+    finished = [o.update.update_id for o in outcomes]
     try:
         with runtime.redis.pipeline(transaction=False) as pipe:
             for channel, items in replies.items():

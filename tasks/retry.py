@@ -10,9 +10,15 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from contactsync.errors import TransientFailure
 
-# Serialization failure, deadlock, lock timeout, and the connection and shutdown classes.
-_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"}
+# Serialization failure, deadlock, lock timeout, and the connection and shutdown classes; and a
+# unique violation, which is what a concurrent delivery of the same update meets when no row
+# lock serialised the two (a contact that does not exist): the retry then finds its record.
+_TRANSIENT_SQLSTATES = {"23505", "40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"}
 _TRANSIENT_SQLSTATE_CLASSES = ("08",)
+# The longest a worker's statement waits for a PostgreSQL row lock; past it, the wait fails as
+# 55P03 (lock timeout) and is retried like any transient failure. Applying a batch holds its
+# locks for milliseconds, so only a stuck transaction elsewhere waits this long.
+LOCK_TIMEOUT_MS = 3000
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -6,12 +6,11 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import ORJSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.auth import require
 from api_gateway.body import read_json
-from api_gateway.responses import error_responses, ok
+from api_gateway.responses import JSONResponse, error_responses, ok
 from api_gateway.state import Gateway, GatewayDep
 from contactsync import names
 from contactsync.contacts import contact_to_dict, create_contact, get_contact
@@ -52,7 +51,7 @@ def _wants_async(prefer: str | None) -> bool:
     return any(p.split(";")[0].strip().lower() == "respond-async" for p in prefer.split(","))
 
 
-def _replay(record: dict[str, Any], idem: Idempotency) -> ORJSONResponse:
+def _replay(record: dict[str, Any], idem: Idempotency) -> JSONResponse:
     if record.get("fingerprint") != idem.fingerprint:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was already used with a different request."
@@ -60,7 +59,7 @@ def _replay(record: dict[str, Any], idem: Idempotency) -> ORJSONResponse:
     response = record.get("response")
     if response is None:
         raise Conflict("A request with this Idempotency-Key is still in flight.")
-    return ORJSONResponse(
+    return JSONResponse(
         response["body"], status_code=response["status"], headers=response.get("headers")
     )
 
@@ -82,7 +81,7 @@ async def update_contact(
     gateway: GatewayDep,
     prefer: Annotated[str | None, Header()] = None,
     idempotency_key: Annotated[str | None, Header()] = None,
-) -> ORJSONResponse:
+) -> JSONResponse:
     """Update a contact: only the fields sent change; tags are replaced, custom fields merged."""
     body = await read_json(request)
     patch = parse_body(ContactUpdate, body).patch()
@@ -121,7 +120,7 @@ async def update_contact(
             principal.account_id, idem, update_id,
             {"status": status, "body": payload, "headers": headers},
         )
-    return ORJSONResponse(payload, status_code=status, headers=headers)
+    return JSONResponse(payload, status_code=status, headers=headers)
 
 
 def _accepted(
@@ -143,10 +142,12 @@ async def _wait_for(
     if status in ("applied", "noop"):
         return 200, {"success": True, "data": result["contact"]}, {}
     error = result.get("error") or {}
+    details: dict[str, Any]
     if status == "not_found":
         code, http, details = "NOT_FOUND", 404, {}
     elif error.get("code") == "VALIDATION_ERROR":
-        code, http, details = "VALIDATION_ERROR", 400, {"fields": {"custom_fields": error["message"]}}
+        details = {"fields": {"custom_fields": error["message"]}}
+        code, http = "VALIDATION_ERROR", 400
     else:
         code, http, details = "INTERNAL_ERROR", 500, {"update_id": update.update_id}
     message = "Contact not found." if status == "not_found" else error.get("message", "Failed.")
@@ -159,7 +160,7 @@ async def _wait_for(
     response_model=None,
     responses={200: {"model": ContactEnvelope}, **error_responses(403, 404)},
 )
-async def read_contact(contact_id: str, principal: Reader, gateway: GatewayDep) -> ORJSONResponse:
+async def read_contact(contact_id: str, principal: Reader, gateway: GatewayDep) -> JSONResponse:
     """Return one contact of the caller's account."""
 
     def load() -> dict[str, Any] | None:
@@ -180,7 +181,7 @@ async def read_contact(contact_id: str, principal: Reader, gateway: GatewayDep) 
     openapi_extra=_body_schema(ContactCreate),
     responses={201: {"model": ContactEnvelope}, **error_responses(400, 403, 413, 415)},
 )
-async def create(request: Request, principal: Writer, gateway: GatewayDep) -> ORJSONResponse:
+async def create(request: Request, principal: Writer, gateway: GatewayDep) -> JSONResponse:
     """Create a contact; `name` is required and `source` defaults to "other"."""
     fields = parse_body(ContactCreate, await read_json(request)).model_dump()
 

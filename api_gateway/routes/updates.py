@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import ORJSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.auth import require
-from api_gateway.responses import error_responses, ok
+from api_gateway.responses import JSONResponse, error_responses, ok
 from api_gateway.state import GatewayDep
 from contactsync import names
 from contactsync.errors import NotFound
@@ -42,7 +41,7 @@ def record_to_dict(record: UpdateRecord) -> dict[str, Any]:
     response_model=None,
     responses={200: {"model": UpdateRecordEnvelope}, **error_responses(403, 404)},
 )
-async def read_update(update_id: str, principal: Reader, gateway: GatewayDep) -> ORJSONResponse:
+async def read_update(update_id: str, principal: Reader, gateway: GatewayDep) -> JSONResponse:
     """Return the status of one accepted update."""
     # Redis first: a worker records the update in the database before dropping its body.
     raw = await gateway.redis.get(names.update_body_key(update_id))

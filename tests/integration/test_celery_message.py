@@ -1,4 +1,4 @@
-"""build_task_message output matches apply_async's and runs, with events, on a real Celery worker."""
+"""build_task_message matches apply_async's message and runs, with events, on a real worker."""
 
 from __future__ import annotations
 
@@ -174,7 +174,9 @@ class EventCapture:
         self._thread.join(timeout=10)
         self._connection.release()
 
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], deadline: float) -> dict[str, Any]:
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], deadline: float
+    ) -> dict[str, Any]:
         """Return the first event, seen so far or arriving before the deadline, that matches."""
         for event in self._seen:
             if predicate(event):
@@ -213,7 +215,7 @@ class EventCapture:
                 dispatcher.close()
 
 
-def _decode(raw: bytes) -> tuple[dict[str, Any], Any]:
+def _decode(raw: bytes | str) -> tuple[dict[str, Any], Any]:
     """Parse a stored message and its body as the Redis transport and the worker do."""
     message: dict[str, Any] = kombu_loads(raw)
     assert message["properties"]["body_encoding"] == "base64"
@@ -226,7 +228,7 @@ def _without(mapping: dict[str, Any], keys: frozenset[str]) -> dict[str, Any]:
 
 def test_message_matches_apply_async(redis_db: redis.Redis) -> None:
     task_id = str(uuid.uuid4())
-    args: list[Any] = ["upd_0001", {"name": "Zoë \"Z\" O'Neil", "tags": ["a", "b"], "n": 1.5}]
+    args: list[Any] = ["upd_0001", {"name": 'Zoë "Z" O\'Neil', "tags": ["a", "b"], "n": 1.5}]
     kwargs: dict[str, Any] = {"account_id": "acc_1", "dry_run": False, "note": None}
 
     app = celery.Celery("contactsync-message-reference", broker=BROKER_URL)
@@ -270,9 +272,11 @@ def test_message_matches_apply_async(redis_db: redis.Redis) -> None:
     assert _without(ours["properties"], PER_CALL_PROPERTIES) == _without(
         theirs["properties"], PER_CALL_PROPERTIES
     )
-    assert our_body == their_body == [args, kwargs, dict.fromkeys(
-        ("callbacks", "errbacks", "chain", "chord")
-    )]
+    assert (
+        our_body
+        == their_body
+        == [args, kwargs, dict.fromkeys(("callbacks", "errbacks", "chain", "chord"))]
+    )
     assert ours["headers"]["origin"] == "gateway-1@test"
     delivery_tag = uuid.UUID(ours["properties"]["delivery_tag"])
     assert (delivery_tag.version, str(delivery_tag)) == (4, ours["properties"]["delivery_tag"])

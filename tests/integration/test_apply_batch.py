@@ -1,0 +1,273 @@
+"""apply_batch on real databases: last writer wins per field, exactly-once records, the outbox."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import timedelta
+
+import orjson
+import pytest
+
+from contactsync.apply import apply_batch
+from contactsync.db import Database
+from contactsync.settings import Settings
+from contactsync.timeutil import isoformat, utcnow
+from contactsync.updates import AcceptedUpdate
+from tests.conftest import make_contact, make_tenant
+from tests.integration.apply_support import (
+    accepted,
+    contact,
+    dead_letters,
+    outbox_mark,
+    outbox_since,
+    records,
+)
+
+
+@pytest.fixture(scope="module")
+def writer(settings: Settings) -> Iterator[Database]:
+    """A database that takes the write lock up front, as the worker's does."""
+    database = Database(settings, write_heavy=True)
+    yield database
+    database.dispose()
+
+
+def run(writer: Database, updates: list[AcceptedUpdate]) -> tuple[list, list[dict]]:
+    """Apply one batch in one transaction; return its outcomes and the events it wrote."""
+    with writer.unit_of_work() as session:
+        mark = outbox_mark(session)
+        outcomes = apply_batch(session, updates, utcnow())
+        events = [orjson.loads(row.payload) for row in outbox_since(session, mark)]
+    return outcomes, events
+
+
+def test_shuffled_batches_converge_on_sequence_order(db: Database, writer: Database) -> None:
+    tenant = make_tenant(db, "acme")
+    base = {"email": "old@example.com", "tags": ["t0"], "custom_fields": {"plan": "trial", "x": 1}}
+    patches = [
+        (10, {"position": "A", "custom_fields": {"plan": "free"}, "tags": ["a"]}),
+        (20, {"position": "B", "custom_fields": {"seats": 5}}),
+        (30, {"custom_fields": {"plan": "pro", "x": None}, "tags": ["b", "c"]}),
+        (15, {"position": "C", "email": "new@example.com", "custom_fields": {"seats": 3}}),
+        (25, {"company": "Acme", "email": None}),
+        (5, {"company": "Old Co", "custom_fields": {"x": 2, "y": "kept"}}),
+    ]
+    reference = make_contact(db, tenant.account_id, **base)
+    for seq, patch in sorted(patches, key=lambda p: p[0]):
+        run(writer, [accepted(tenant.account_id, reference, patch, seq=seq)])
+    expected = contact(db, reference)
+    assert expected["position"] == "B" and expected["email"] is None
+    assert expected["tags"] == ["b", "c"]
+    assert expected["custom_fields"] == {"plan": "pro", "seats": 5, "y": "kept"}
+
+    rng = random.Random(7)
+    for _ in range(4):
+        contact_id = make_contact(db, tenant.account_id, **base)
+        updates = [accepted(tenant.account_id, contact_id, p, seq=s) for s, p in patches]
+        rng.shuffle(updates)
+        cut = rng.randrange(1, len(updates))
+        run(writer, updates[:cut])  # two batches: the later sequences may come first
+        run(writer, updates[cut:])
+        got = contact(db, contact_id)
+        for key in ("name", "email", "phone", "company", "position", "tags", "custom_fields"):
+            assert got[key] == expected[key], key
+        assert got["field_seqs"] == expected["field_seqs"]
+
+
+def test_one_batch_applies_in_sequence_order_whatever_the_order_given(
+    db: Database, writer: Database
+) -> None:
+    tenant = make_tenant(db, "acme")
+    contact_id = make_contact(db, tenant.account_id)
+    first = accepted(tenant.account_id, contact_id, {"position": "A"}, seq=100)
+    second = accepted(tenant.account_id, contact_id, {"position": "B"}, seq=200)
+    outcomes, events = run(writer, [second, first])
+    assert [(o.update.update_id, o.status) for o in outcomes] == [
+        (first.update_id, "applied"), (second.update_id, "applied"),
+    ]
+    assert [e["changes"] for e in events] == [
+        {"position": {"old": None, "new": "A"}}, {"position": {"old": "A", "new": "B"}},
+    ]
+    # Each event carries the contact as that update left it, not as the batch did.
+    assert [e["contact"]["position"] for e in events] == ["A", "B"]
+    assert contact(db, contact_id)["position"] == "B"
+
+
+def test_an_update_delivered_again_is_applied_once(db: Database, writer: Database) -> None:
+    tenant = make_tenant(db, "acme")
+    contact_id = make_contact(db, tenant.account_id)
+    update = accepted(tenant.account_id, contact_id, {"company": "Acme", "tags": ["x"]})
+
+    outcomes, events = run(writer, [update, update])
+    assert [(o.status, o.duplicate) for o in outcomes] == [("applied", False)]
+    assert len(events) == 1
+    after_first = contact(db, contact_id)
+
+    newer = accepted(tenant.account_id, contact_id, {"position": "CTO"})
+    outcomes, events = run(writer, [update, newer, update])
+    by_id = {o.update.update_id: o for o in outcomes}
+    assert len(outcomes) == 2
+    assert by_id[update.update_id].duplicate and by_id[update.update_id].status == "applied"
+    assert by_id[update.update_id].contact is not None
+    assert not by_id[newer.update_id].duplicate
+    assert [e["update_id"] for e in events] == [newer.update_id]
+
+    outcomes, events = run(writer, [update])
+    assert [(o.status, o.duplicate) for o in outcomes] == [("applied", True)]
+    assert events == []
+    after = contact(db, contact_id)
+    assert after["company"] == "Acme" and after["position"] == "CTO"
+    assert after["created_at"] == after_first["created_at"]
+    found = records(db)
+    assert sorted(found) == sorted([update.update_id, newer.update_id])
+    assert found[update.update_id].changed_fields == ["company", "tags"]
+
+
+def test_a_missing_contact_is_not_found_once(db: Database, writer: Database) -> None:
+    tenant = make_tenant(db, "acme")
+    update = accepted(tenant.account_id, "cnt_doesnotexist", {"position": "CTO"})
+    outcomes, events = run(writer, [update])
+    assert [(o.status, o.duplicate, o.contact) for o in outcomes] == [("not_found", False, None)]
+    assert outcomes[0].error is not None and outcomes[0].error["code"] == "NOT_FOUND"
+    assert events == []
+    outcomes, _ = run(writer, [update])
+    assert [(o.status, o.duplicate) for o in outcomes] == [("not_found", True)]
+    record = records(db)[update.update_id]
+    assert record.status == "not_found" and record.error["code"] == "NOT_FOUND"
+
+
+def test_another_accounts_contact_is_not_found_and_unchanged(
+    db: Database, writer: Database
+) -> None:
+    owner = make_tenant(db, "owner")
+    intruder = make_tenant(db, "intruder")
+    contact_id = make_contact(db, owner.account_id, email="a@example.com", tags=["t"])
+    before = contact(db, contact_id)
+    update = accepted(
+        intruder.account_id, contact_id,
+        {"email": "evil@example.com", "tags": [], "custom_fields": {"k": "v"}},
+    )
+    legit = accepted(owner.account_id, contact_id, {"position": "CTO"})
+    outcomes, events = run(writer, [update, legit])
+    statuses = {o.update.update_id: o for o in outcomes}
+    assert statuses[update.update_id].status == "not_found"
+    assert statuses[update.update_id].contact is None  # nothing of the contact leaks
+    assert statuses[legit.update_id].status == "applied"
+    assert [e["update_id"] for e in events] == [legit.update_id]
+    after = contact(db, contact_id)
+    assert {**after, "position": None, "updated_at": None} == {
+        **before, "position": None, "updated_at": None,
+        "field_seqs": {"position": legit.seq},
+    }
+
+
+def test_a_noop_writes_no_event_and_keeps_updated_at(db: Database, writer: Database) -> None:
+    tenant = make_tenant(db, "acme")
+    contact_id = make_contact(
+        db, tenant.account_id, company="Acme", tags=["a", "b"], custom_fields={"plan": "pro"}
+    )
+    before = contact(db, contact_id)
+    same = accepted(
+        tenant.account_id, contact_id,
+        {"company": "Acme", "tags": ["a", "b"], "custom_fields": {"plan": "pro", "gone": None}},
+    )
+    empty = accepted(tenant.account_id, contact_id, {})
+    outcomes, events = run(writer, [same, empty])
+    assert [o.status for o in outcomes] == ["noop", "noop"]
+    assert all(o.changed_fields == [] for o in outcomes)
+    assert events == []
+    after = contact(db, contact_id)
+    assert after["updated_at"] == before["updated_at"]
+    assert {r.status for r in records(db).values()} == {"noop"}
+
+    newer = accepted(tenant.account_id, contact_id, {"company": "New"})
+    older = accepted(tenant.account_id, contact_id, {"company": "Stale"}, seq=newer.seq - 500)
+    run(writer, [newer])
+    stamped = contact(db, contact_id)["updated_at"]
+    outcomes, events = run(writer, [older])  # loses to the newer write: changes nothing
+    assert [o.status for o in outcomes] == ["noop"] and events == []
+    assert contact(db, contact_id)["company"] == "New"
+    assert contact(db, contact_id)["updated_at"] == stamped
+
+
+def test_more_than_100_custom_fields_fails_and_changes_nothing(
+    db: Database, writer: Database
+) -> None:
+    tenant = make_tenant(db, "acme")
+    full = {f"k{i}": i for i in range(100)}
+    contact_id = make_contact(db, tenant.account_id, custom_fields=full)
+    before = contact(db, contact_id)
+    too_many = accepted(
+        tenant.account_id, contact_id, {"position": "CTO", "custom_fields": {"extra": 1}}
+    )
+    swap = accepted(tenant.account_id, contact_id, {"custom_fields": {"k0": None, "new": 1}})
+    outcomes, events = run(writer, [too_many, swap])
+    by_id = {o.update.update_id: o for o in outcomes}
+    failed = by_id[too_many.update_id]
+    assert failed.status == "failed" and failed.changed_fields == []
+    assert failed.error is not None and failed.error["code"] == "VALIDATION_ERROR"
+    assert by_id[swap.update_id].status == "applied"
+    assert [e["update_id"] for e in events] == [swap.update_id]
+    after = contact(db, contact_id)
+    assert after["position"] is None  # the failed update changed none of its fields
+    assert "extra" not in after["custom_fields"] and len(after["custom_fields"]) == 100
+    assert "position" not in after["field_seqs"]
+    assert before["custom_fields"]["k0"] == 0
+    record = records(db)[too_many.update_id]
+    assert record.status == "failed" and record.error["code"] == "VALIDATION_ERROR"
+    # A failed update is parked, so that it can be replayed once the contact has room.
+    assert list(dead_letters(db)) == [too_many.update_id]
+
+    room = accepted(tenant.account_id, contact_id, {"custom_fields": {"k1": None, "k2": None}})
+    run(writer, [room])
+    outcomes, events = run(writer, [too_many])  # what a replay delivers
+    assert [(o.status, o.duplicate) for o in outcomes] == [("applied", False)]
+    assert len(events) == 1
+    assert records(db)[too_many.update_id].status == "applied"
+    assert contact(db, contact_id)["custom_fields"]["extra"] == 1
+
+
+def test_event_payload(db: Database, writer: Database) -> None:
+    tenant = make_tenant(db, "acme")
+    contact_id = make_contact(
+        db, tenant.account_id, email="john@example.com", position="Engineer", tags=["old"],
+        custom_fields={"plan": "free", "drop": True},
+    )
+    update = accepted(
+        tenant.account_id, contact_id,
+        {
+            "position": "VP", "tags": ["hot", "vip"],
+            "custom_fields": {"plan": "pro", "drop": None, "seats": 10},
+        },
+    )
+    now = utcnow() + timedelta(seconds=5)
+    with writer.unit_of_work() as session:
+        mark = outbox_mark(session)
+        (outcome,) = apply_batch(session, [update], now)
+        rows = outbox_since(session, mark)
+    assert len(rows) == 1
+    event = orjson.loads(rows[0].payload)
+    after = contact(db, contact_id)
+    after.pop("field_seqs")
+    assert rows[0].event_id == event["id"]
+    assert event == {
+        "id": "evt_" + update.update_id.removeprefix("upd_"),
+        "type": "contact.updated",
+        "account_id": tenant.account_id,
+        "contact_id": contact_id,
+        "update_id": update.update_id,
+        "sequence": update.seq,
+        "occurred_at": isoformat(now),
+        "changes": {
+            "position": {"old": "Engineer", "new": "VP"},
+            "tags": {"old": ["old"], "new": ["hot", "vip"]},
+            "custom_fields.plan": {"old": "free", "new": "pro"},
+            "custom_fields.drop": {"old": True, "new": None},
+            "custom_fields.seats": {"old": None, "new": 10},
+        },
+        "contact": after,
+    }
+    assert after["updated_at"] == isoformat(now)
+    assert outcome.contact == after
+    assert set(outcome.changed_fields) == set(event["changes"])

@@ -1,0 +1,53 @@
+"""The apply task's logic without Celery: concurrent deliveries of one update."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+
+from contactsync.apply import apply_batch
+from contactsync.db import Database
+from contactsync.settings import Settings
+from contactsync.timeutil import utcnow
+from tasks.apply import BatchResult, apply_with_fallback
+from tasks.runtime import Runtime
+from tests.conftest import make_tenant
+from tests.integration.apply_support import accepted, dead_letters, records
+
+
+@pytest.fixture
+def runtime(db: Database, settings: Settings, redis_client: Redis) -> Iterator[Runtime]:
+    """A worker's resources: a database that takes the write lock up front, and Redis."""
+    database = Database(settings, write_heavy=True)
+    yield Runtime(settings, database, redis_client)
+    database.dispose()
+
+
+def test_a_concurrent_delivery_of_a_not_found_update_does_not_fail_it(
+    db: Database, runtime: Runtime
+) -> None:
+    tenant = make_tenant(db, "acme")
+    update = accepted(tenant.account_id, "cnt_missing00000", {"position": "CTO"})
+    results: list[BatchResult] = []
+    # Nothing locks a contact that does not exist: the second delivery meets the first's
+    # record only when inserting its own.
+    with runtime.db.unit_of_work() as session:
+        (first,) = apply_batch(session, [update], utcnow())
+        second = threading.Thread(
+            target=lambda: results.append(apply_with_fallback(runtime, [update]))
+        )
+        second.start()
+        time.sleep(0.5)  # let it block behind this uncommitted record
+    second.join(30)
+    (result,) = results
+    assert first.status == "not_found"
+    assert result.permanent == []
+    if result.transient:  # what the task's retry does next
+        result = apply_with_fallback(runtime, result.transient)
+    assert [(o.status, o.duplicate) for o in result.outcomes] == [("not_found", True)]
+    assert records(db)[update.update_id].status == "not_found"
+    assert dead_letters(db) == {}
