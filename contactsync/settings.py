@@ -6,8 +6,11 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+DEFAULT_FLOWER_AUTH = "admin:contactsync"
 
 
 class Settings(BaseSettings):
@@ -52,7 +55,7 @@ class Settings(BaseSettings):
     events_stream: str = "contactsync:events"
     events_stream_maxlen: int = Field(default=1_000_000, ge=1000)
     flower_basic_auth: str = Field(
-        default="admin:contactsync", description="user:password for the Flower dashboard"
+        default=DEFAULT_FLOWER_AUTH, description="user:password for the Flower dashboard"
     )
     log_level: str = "INFO"
     instance_name: str = Field(default_factory=socket.gethostname)
@@ -63,6 +66,14 @@ class Settings(BaseSettings):
         if ":" not in value or value.startswith(":") or value.endswith(":"):
             raise ValueError("must be user:password")
         return value
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_in_production(self) -> Settings:
+        if self.environment == "production" and self.flower_basic_auth == DEFAULT_FLOWER_AUTH:
+            raise ValueError(
+                "CONTACTSYNC_FLOWER_BASIC_AUTH must be set in production (not the default)"
+            )
+        return self
 
     @property
     def is_sqlite(self) -> bool:
