@@ -80,7 +80,9 @@ def create_contact(
         source=fields.get("source", "other"),
         linkedin_url=fields.get("linkedin_url"),
         tags=list(fields.get("tags") or []),
-        custom_fields={k: v for k, v in (fields.get("custom_fields") or {}).items() if v is not None},
+        custom_fields={
+            k: v for k, v in (fields.get("custom_fields") or {}).items() if v is not None
+        },
         # Creation writes at sequence 0: any accepted update is newer.
         field_seqs={},
         created_at=now,

@@ -124,7 +124,7 @@ class ContactUpdate(ContactFields):
 class ContactCreate(ContactFields):
     """Body of `POST /external/v1/contacts`."""
 
-    name: Name  # type: ignore[assignment]
+    name: Name
     source: Literal["linkedin", "csv", "crm", "api", "manual", "other"] = "other"
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 DEFAULT_FLOWER_AUTH = "admin:contactsync"
 
 

@@ -33,7 +33,9 @@ class BatchResult:
     permanent: list[tuple[AcceptedUpdate, dict[str, str]]] = field(default_factory=list)
 
 
-@app.task(name=names.APPLY_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+@app.task(  # type: ignore[untyped-decorator]
+    name=names.APPLY_TASK, bind=True, acks_late=True, reject_on_worker_lost=True
+)
 def apply_updates(self: Task, update_ids: list[str]) -> dict[str, int]:
     """Apply accepted updates by id; return counts by status (no personal data)."""
     runtime = get_runtime()
@@ -199,7 +201,8 @@ def retry(task: Task, runtime: Runtime, update_ids: list[str]) -> Exception:
     exhaust it are parked, and the ones that cannot be parked yet keep waiting.
     """
     countdown = backoff_seconds(task.request.retries, runtime.settings.retry_backoff_max_seconds)
-    return task.retry(
+    retry_exc: Exception = task.retry(
         args=[update_ids], countdown=countdown, max_retries=None,
         exc=TransientFailure("transient failure"),
     )
+    return retry_exc

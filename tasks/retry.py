@@ -40,5 +40,5 @@ def is_transient(exc: BaseException) -> bool:
 
 def backoff_seconds(retries: int, cap: float) -> float:
     """Return the wait before retry number `retries + 1`: exponential, with jitter."""
-    ceiling = min(cap, 0.5 * 2**retries)
+    ceiling: float = min(cap, 0.5 * 2.0 ** min(retries, 32))
     return ceiling / 2 + random.uniform(0, ceiling / 2)

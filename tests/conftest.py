@@ -106,7 +106,7 @@ def _clean(database: Database, redis_client: Redis) -> None:
     with database.unit_of_work() as session:
         for table in reversed(Base.metadata.sorted_tables):
             session.execute(table.delete())
-    keys = list(redis_client.scan_iter("contactsync:*")) + ["contacts.updates", "contacts.bulk"]
+    keys = [*redis_client.scan_iter("contactsync:*"), "contacts.updates", "contacts.bulk"]
     redis_client.delete(*keys)
 
 
@@ -158,7 +158,8 @@ class Stack:
         with self.client(key) as client:
 
             def probe() -> dict[str, Any] | None:
-                data: dict[str, Any] = client.get(f"/external/v1/updates/{update_id}").json()["data"]
+                response = client.get(f"/external/v1/updates/{update_id}")
+                data: dict[str, Any] = response.json()["data"]
                 return data if data["status"] != "queued" else None
 
             return wait_until(probe, timeout)

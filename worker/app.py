@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from contactsync import names
 from contactsync.settings import Settings, get_settings
+
+
+def _queue(name: str) -> Queue:
+    return Queue(name)  # type: ignore[no-untyped-call]
 
 
 def celery_config(settings: Settings) -> dict[str, object]:
@@ -26,7 +30,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 4,
         "task_default_queue": names.UPDATES_QUEUE,
-        "task_queues": [Queue(names.UPDATES_QUEUE), Queue(names.BULK_QUEUE)],
+        "task_queues": [_queue(names.UPDATES_QUEUE), _queue(names.BULK_QUEUE)],
         "task_routes": {names.APPLY_TASK: {"queue": names.UPDATES_QUEUE}},
         # Task events let Flower show every update's task as it moves.
         "worker_send_task_events": True,

@@ -12,14 +12,14 @@ from tasks.relay import RelayThread
 _relay: RelayThread | None = None
 
 
-@worker_ready.connect
+@worker_ready.connect  # type: ignore[untyped-decorator]
 def start_relay(**_: Any) -> None:
     global _relay
     _relay = RelayThread(get_settings())
     _relay.start()
 
 
-@worker_shutdown.connect
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
 def stop_relay(**_: Any) -> None:
     if _relay is not None:
         _relay.stop()

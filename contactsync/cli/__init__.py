@@ -23,7 +23,9 @@ class _Parser(argparse.ArgumentParser):
 def _rate(text: str) -> int:
     match = re.fullmatch(r"\s*(\d+)\s*(/s)?\s*", text)
     if not match or int(match.group(1)) < 1:
-        raise argparse.ArgumentTypeError(f"invalid rate {text!r}: use a number per second, like 500/s")
+        raise argparse.ArgumentTypeError(
+            f"invalid rate {text!r}: use a number per second, like 500/s"
+        )
     return int(match.group(1))
 
 
@@ -35,7 +37,7 @@ def _port(text: str) -> int:
 
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: use a whole number of 1 or more")
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: use a whole number, 1 or more")
     return int(text)
 
 
@@ -68,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema").add_subparsers(
         dest="db_command", required=True, parser_class=_Parser
     )
-    db.add_parser("upgrade", help="migrate to the newest schema").set_defaults(handler=admin.db_upgrade)
+    upgrade = db.add_parser("upgrade", help="migrate to the newest schema")
+    upgrade.set_defaults(handler=admin.db_upgrade)
 
     keys = sub.add_parser("keys", help="API keys").add_subparsers(
         dest="keys_command", required=True, parser_class=_Parser

@@ -6,6 +6,7 @@ import argparse
 import os
 import socket
 import sys
+from typing import Any
 
 import orjson
 from redis import Redis
@@ -68,7 +69,8 @@ def keys_revoke(args: argparse.Namespace) -> int:
     finally:
         db.dispose()
     if not names:
-        print(f"contactsync: error: no active key starts with {args.prefix[:20]!r}", file=sys.stderr)
+        print(f"contactsync: error: no active key starts with {args.prefix[:20]!r}",
+              file=sys.stderr)
         return 1
     for name in names:
         print(f"revoked {name}…")
@@ -79,10 +81,12 @@ def events_tail(args: argparse.Namespace) -> int:
     settings = get_settings()
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
     redis.ping()
-    last_id = "0-0" if args.from_start else "$"
+    last_id: str | bytes = "0-0" if args.from_start else "$"
     seen = 0
     while args.count is None or seen < args.count:
-        reply = redis.xread({settings.events_stream: last_id}, block=1000, count=100)
+        reply: list[Any] = redis.xread(  # type: ignore[assignment]
+            {settings.events_stream: last_id}, block=1000, count=100
+        )
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 last_id = entry_id
