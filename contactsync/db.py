@@ -12,8 +12,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from contactsync.settings import Settings
 
 
-def make_engine(settings: Settings, *, write_heavy: bool = False) -> Engine:
-    """Create an engine; `write_heavy` SQLite engines take the write lock when they begin."""
+_WRITE = "contactsync_write"
+
+
+def make_engine(settings: Settings) -> Engine:
+    """Create an engine; on SQLite, a unit of work takes the write lock when it begins."""
     url = settings.database_url
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
@@ -36,7 +39,8 @@ def make_engine(settings: Settings, *, write_heavy: bool = False) -> Engine:
     def _on_begin(connection: Any) -> None:
         # A deferred transaction that reads, then writes, fails at once with SQLITE_BUSY when
         # another writer holds the lock; taking the lock up front makes it wait its turn.
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write_heavy else "BEGIN")
+        write = connection.get_execution_options().get(_WRITE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
 
@@ -44,9 +48,9 @@ def make_engine(settings: Settings, *, write_heavy: bool = False) -> Engine:
 class Database:
     """An engine with its session factory."""
 
-    def __init__(self, settings: Settings, *, write_heavy: bool = False) -> None:
+    def __init__(self, settings: Settings, *, write_heavy: bool = False) -> None:  # TEMP
         self.settings = settings
-        self.engine = make_engine(settings, write_heavy=write_heavy)
+        self.engine = make_engine(settings)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -54,6 +58,7 @@ class Database:
         """Yield a session; commit when the block ends cleanly, roll back otherwise."""
         with self._sessions() as session:
             try:
+                session.connection(execution_options={_WRITE: True})
                 yield session
                 session.commit()
             except BaseException:

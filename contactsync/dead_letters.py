@@ -40,20 +40,19 @@ def park(
         letter.replayed_at = None
 
 
-def pending(session: Session, *, lock: bool = False) -> list[DeadLetter]:
+def pending(session: Session) -> list[DeadLetter]:
     """Return the dead letters not replayed yet, oldest first."""
     query = select(DeadLetter).where(DeadLetter.replayed_at.is_(None))
-    if lock:
-        query = query.with_for_update()
     return list(session.scalars(query.order_by(DeadLetter.failed_at)))
 
 
 def replay(session: Session, redis: Redis, update_ids: Sequence[str], origin: str) -> list[str]:
     """Queue dead letters again with their original sequence; return the ids queued."""
-    letters = pending(session, lock=True)
+    query = select(DeadLetter).where(DeadLetter.replayed_at.is_(None))
     if update_ids:
-        wanted = set(update_ids)
-        letters = [d for d in letters if d.update_id in wanted]
+        query = query.where(DeadLetter.update_id.in_(list(update_ids)))
+    # Locked, so that two replays at once cannot both queue the same letter.
+    letters = list(session.scalars(query.order_by(DeadLetter.failed_at).with_for_update()))
     if not letters:
         return []
     now = utcnow()

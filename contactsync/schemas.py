@@ -25,6 +25,9 @@ MAX_TAG_LENGTH = 64
 MAX_CUSTOM_FIELDS = 100
 MAX_CUSTOM_KEY_LENGTH = 64
 MAX_BODY_BYTES = 64 * 1024
+MAX_BATCH_ITEMS = 1000
+MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
+CONTACT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SOURCES = ("linkedin", "csv", "crm", "api", "manual", "other")
 
 _PHONE = re.compile(r"^[0-9 +\-().]+$")
@@ -145,6 +148,41 @@ class Contact(BaseModel):
     updated_at: str
 
 
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class BatchItem(ContactUpdate):
+    """One item of a batch update: the contact's id and the fields to change."""
+
+    id: str
+
+
+class BatchRequest(BaseModel):
+    """Body of `POST /external/v1/contacts/batch/update`."""
+
+    updates: list[BatchItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
+class BatchResult(BaseModel):
+    index: int
+    id: str | None
+    update_id: str | None = None
+    status: Literal["queued"] | None = None
+    error: ErrorBody | None = None
+
+
+class BatchResults(BaseModel):
+    results: list[BatchResult]
+
+
+class BatchEnvelope(BaseModel):
+    success: Literal[True] = True
+    data: BatchResults
+
+
 class UpdateError(BaseModel):
     code: str
     message: str
@@ -160,12 +198,6 @@ class UpdateRecord(BaseModel):
     applied_at: str | None
     changed_fields: list[str]
     error: UpdateError | None
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any] = Field(default_factory=dict)
 
 
 class ErrorEnvelope(BaseModel):
@@ -219,10 +251,26 @@ def _check_nulls(body: dict[str, Any], model: type[ContactFields]) -> dict[str, 
     return fields
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
+
+
 def parse_body(model: type[M], body: Any) -> M:
     """Validate a decoded JSON body, or raise `ValidationFailed` naming each bad field."""
     if not isinstance(body, dict):
         raise ValidationFailed({"_body": "The body must be a JSON object."})
+    # PostgreSQL text cannot hold NUL, and no contact field has a use for it.
+    nul_errors = {
+        str(k): "may not contain the NUL character" for k, v in body.items() if _has_nul(v)
+    }
+    if nul_errors:
+        raise ValidationFailed(nul_errors)
     null_errors = _check_nulls(body, model)
     try:
         parsed = model.model_validate(body)

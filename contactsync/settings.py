@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,7 +46,7 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=8, ge=0, description="transient-failure retries per update")
     retry_backoff_max_seconds: int = Field(default=60, ge=1)
     visibility_timeout_seconds: int = Field(
-        default=3600, ge=10,
+        default=300, ge=10,
         description="an unacknowledged message goes back to the queue after this long",
     )
     worker_concurrency: int | None = Field(default=None, ge=1)
@@ -56,8 +57,16 @@ class Settings(BaseSettings):
     flower_basic_auth: str = Field(
         default=DEFAULT_FLOWER_AUTH, description="user:password for the Flower dashboard"
     )
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="auto: JSON lines unless stderr is a terminal"
+    )
     instance_name: str = Field(default_factory=socket.gethostname)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("flower_basic_auth")
     @classmethod

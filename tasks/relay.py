@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 
 from redis import Redis
@@ -10,7 +14,7 @@ from sqlalchemy import delete, select
 
 from contactsync.db import Database
 from contactsync.models import OutboxEvent
-from contactsync.settings import Settings
+from contactsync.settings import Settings, get_settings
 
 log = logging.getLogger("contactsync.relay")
 
@@ -41,34 +45,67 @@ def relay_once(db: Database, redis: Redis, settings: Settings) -> int:
     return len(rows)
 
 
-class RelayThread(threading.Thread):
-    """Run the relay in the background of a worker's main process until stopped."""
+def run_relay(settings: Settings, stop: threading.Event, parent_pid: int | None = None) -> None:
+    """Publish outbox events until `stop` is set (or the parent process is gone), then drain."""
+    db = Database(settings, write_heavy=True)
+    redis = Redis.from_url(settings.redis_url, socket_timeout=10)
+    try:
+        while not stop.is_set() and (parent_pid is None or os.getppid() == parent_pid):
+            try:
+                published = relay_once(db, redis, settings)
+            except Exception:
+                log.warning("relay pass failed; will retry", exc_info=True)
+                published = 0
+            if published < settings.relay_batch_size:
+                stop.wait(settings.relay_interval_seconds)
+        while relay_once(db, redis, settings):  # drain before the worker exits
+            pass
+    except Exception:
+        log.warning("relay stopped with events left in the outbox", exc_info=True)
+    finally:
+        db.dispose()
+        redis.close()
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(name="contactsync-relay", daemon=True)
-        self._settings = settings
-        self._stop_event = threading.Event()
 
-    def run(self) -> None:
-        db = Database(self._settings, write_heavy=True)
-        redis = Redis.from_url(self._settings.redis_url, socket_timeout=10)
-        try:
-            while not self._stop_event.is_set():
-                try:
-                    published = relay_once(db, redis, self._settings)
-                except Exception:
-                    log.warning("relay pass failed; will retry", exc_info=True)
-                    published = 0
-                if published < self._settings.relay_batch_size:
-                    self._stop_event.wait(self._settings.relay_interval_seconds)
-            while relay_once(db, redis, self._settings):  # drain before the worker exits
-                pass
-        except Exception:
-            log.warning("relay stopped with events left in the outbox", exc_info=True)
-        finally:
-            db.dispose()
-            redis.close()
+def _relay_process_main(parent_pid: int) -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # both mean: drain, then exit
+        signal.signal(signum, lambda *_: stop.set())
+    settings = get_settings()
+    log_format = "[%(asctime)s: %(levelname)s/relay] %(message)s"
+    logging.basicConfig(level=settings.log_level, format=log_format)
+    run_relay(settings, stop, parent_pid)
+
+
+class RelayProcess:
+    """Run the relay in a process of its own beside a worker's pool.
+
+    Not a thread of the worker's main process: the pool forks its children from that process,
+    and a child forked while a thread there held an SQLite connection inherits SQLite's
+    in-process lock state, then waits out its busy timeout on every write (SQLite's rule:
+    never carry a connection across fork). A fresh interpreter inherits none of it.
+    """
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        # The same interpreter and environment, hence the same settings as the worker.
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tasks.relay", str(os.getpid())], stdin=subprocess.DEVNULL
+        )
 
     def stop(self, timeout: float = 10) -> None:
-        self._stop_event.set()
-        self.join(timeout)
+        """Ask the relay to drain and exit; kill it if it has not within `timeout`."""
+        if self._process is None:
+            return
+        self._process.terminate()  # SIGTERM: drain, then exit
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(5)
+
+
+if __name__ == "__main__":
+    _relay_process_main(int(sys.argv[1]))

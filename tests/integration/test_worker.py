@@ -337,15 +337,16 @@ def test_argsrepr_names_ids_and_fields_but_no_values(stack: Stack) -> None:
 
 
 def pool_children(pid: int) -> list[int]:
-    """Return the pids of a process's children (a prefork worker's pool processes)."""
+    """Return the pids of a prefork worker's pool processes (its children but the relay)."""
     children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
             continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
+        if parent == pid and b"tasks.relay" not in command:
+            children.append(int(proc.name))
     return children
 
 
@@ -364,6 +365,20 @@ def writes_blocked(stack: Stack, contact_id: str) -> Iterator[None]:
         with stack.db.unit_of_work() as holder:
             holder.execute(select(Contact).where(Contact.id == contact_id).with_for_update())
             yield
+
+
+def test_the_process_that_forks_the_pool_holds_no_sqlite_file(stack: Stack, backend: str) -> None:
+    if backend != "sqlite":
+        pytest.skip("the hazard is SQLite's: its lock state must not be carried across fork")
+    tenant = make_tenant(stack.db, "acme")
+    contact_id = make_contact(stack.db, tenant.account_id)
+    push(stack.redis, [accepted(tenant.account_id, contact_id, {"position": "CTO"})])
+    wait_relayed(stack, 1)  # the relay has been at work
+    database = stack.settings.sqlite_path()
+    assert database is not None
+    fds = Path(f"/proc/{stack.worker.popen.pid}/fd")
+    opened = {os.path.realpath(fd) for fd in fds.iterdir()}
+    assert not {p for p in opened if p.startswith(str(database.resolve()))}
 
 
 def test_an_update_whose_pool_process_dies_is_applied_once_by_another(stack: Stack) -> None:

@@ -1,0 +1,96 @@
+"""Batch update: up to 1,000 updates in one request, always asynchronous, on the bulk queue."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from api_gateway.auth import require
+from api_gateway.body import read_json
+from api_gateway.responses import JSONResponse, error_responses, ok
+from api_gateway.state import GatewayDep
+from contactsync import names
+from contactsync.enqueue import Accepted, Submission
+from contactsync.errors import ValidationFailed
+from contactsync.ids import new_update_id
+from contactsync.keys import Principal
+from contactsync.schemas import (
+    CONTACT_ID_PATTERN,
+    MAX_BATCH_BODY_BYTES,
+    MAX_BATCH_ITEMS,
+    BatchEnvelope,
+    BatchRequest,
+    ContactUpdate,
+    parse_body,
+)
+
+router = APIRouter(prefix="/external/v1", tags=["contacts"])
+
+Writer = Annotated[Principal, Depends(require("contacts:write"))]
+
+
+def _item_error(index: int, contact_id: Any, fields: dict[str, str]) -> dict[str, Any]:
+    return {
+        "index": index,
+        "id": contact_id if isinstance(contact_id, str) else None,
+        "error": {
+            "code": "VALIDATION_ERROR",
+            "message": "The update is not valid.",
+            "details": {"fields": fields},
+        },
+    }
+
+
+def _check_envelope(body: Any) -> list[Any]:
+    if not isinstance(body, dict):
+        raise ValidationFailed({"_body": "The body must be a JSON object."})
+    unknown = sorted(set(body) - {"updates"})
+    if unknown:
+        raise ValidationFailed({unknown[0]: "Unknown field."})
+    updates = body.get("updates")
+    if not isinstance(updates, list) or not 1 <= len(updates) <= MAX_BATCH_ITEMS:
+        raise ValidationFailed({"updates": f"must be an array of 1 to {MAX_BATCH_ITEMS} updates"})
+    return updates
+
+
+@router.post(
+    "/contacts/batch/update",
+    response_model=None,
+    status_code=202,
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": BatchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    }}}},
+    responses={202: {"model": BatchEnvelope}, **error_responses(400, 403, 413, 415)},
+)
+async def batch_update(request: Request, principal: Writer, gateway: GatewayDep) -> JSONResponse:
+    """Queue up to 1,000 updates; each item is accepted or rejected on its own."""
+    items = _check_envelope(await read_json(request, limit=MAX_BATCH_BODY_BYTES))
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    submissions: list[tuple[int, Submission]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            results[index] = _item_error(index, None, {"_body": "Each update must be an object."})
+            continue
+        fields = dict(item)
+        contact_id = fields.pop("id", None)
+        if not isinstance(contact_id, str) or not CONTACT_ID_PATTERN.match(contact_id):
+            results[index] = _item_error(index, contact_id, {"id": "A contact id is required."})
+            continue
+        try:
+            patch = parse_body(ContactUpdate, fields).patch()
+        except ValidationFailed as exc:
+            results[index] = _item_error(index, contact_id, exc.fields)
+            continue
+        submissions.append((index, Submission(
+            update_id=new_update_id(), account_id=principal.account_id, contact_id=contact_id,
+            patch=patch, queue=names.BULK_QUEUE,
+        )))
+    outcomes = await gateway.publisher.submit_many([s for _, s in submissions])
+    for (index, submission), outcome in zip(submissions, outcomes, strict=True):
+        assert isinstance(outcome, Accepted)  # no idempotency key, so never a replay
+        results[index] = {
+            "index": index, "id": submission.contact_id,
+            "update_id": outcome.update.update_id, "status": "queued",
+        }
+    return ok({"results": results}, status=202)
