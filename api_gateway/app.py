@@ -14,7 +14,7 @@ from api_gateway.auth import KeyCache
 from api_gateway.metrics import MetricsMiddleware
 from api_gateway.publisher import Publisher
 from api_gateway.responses import JSONResponse
-from api_gateway.routes import batch, contacts, health, updates
+from api_gateway.routes import batch, contact_update, contacts, health, updates
 from api_gateway.state import Gateway
 from api_gateway.waiter import ResultWaiter
 from contactsync.db import Database
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)
     app.add_middleware(MetricsMiddleware)
     app.include_router(batch.router)
+    app.include_router(contact_update.router)
     app.include_router(contacts.router)
     app.include_router(updates.router)
     app.include_router(health.router)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contactsync import events
 from contactsync.ids import new_contact_id
 from contactsync.merge import ContactState
-from contactsync.models import Contact
+from contactsync.models import Contact, OutboxEvent
 from contactsync.timeutil import isoformat, utcnow
 
 
@@ -62,6 +65,22 @@ def get_contact(session: Session, account_id: str, contact_id: str) -> Contact |
     return session.scalar(
         select(Contact).where(Contact.id == contact_id, Contact.account_id == account_id)
     )
+
+
+def delete_contact(session: Session, account_id: str, contact_id: str, now: datetime) -> bool:
+    """Delete one account's contact and write its `contact.deleted` event; False if absent."""
+    contact = session.scalar(
+        select(Contact)
+        .where(Contact.id == contact_id, Contact.account_id == account_id)
+        .with_for_update()
+    )
+    if contact is None:
+        return False
+    event = events.contact_deleted(account_id, contact_to_dict(contact), isoformat(now))
+    session.add(OutboxEvent(event_id=event["id"], payload=orjson.dumps(event).decode(),
+                            created_at=now))
+    session.delete(contact)
+    return True
 
 
 def create_contact(

@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from contactsync.settings import Settings
 
-
 _WRITE = "contactsync_write"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from contactsync.ids import event_id_for
+from contactsync.ids import event_id_for, new_event_id
 from contactsync.merge import Change
 from contactsync.updates import AcceptedUpdate
 
@@ -25,5 +25,17 @@ def contact_updated(
         "sequence": update.seq,
         "occurred_at": occurred_at,
         "changes": {name: {"old": c.old, "new": c.new} for name, c in changes.items()},
+        "contact": contact,
+    }
+
+
+def contact_deleted(account_id: str, contact: dict[str, Any], occurred_at: str) -> dict[str, Any]:
+    """Return the `contact.deleted` event, with the contact as it was."""
+    return {
+        "id": new_event_id(),
+        "type": CONTACT_DELETED,
+        "account_id": account_id,
+        "contact_id": contact["id"],
+        "occurred_at": occurred_at,
         "contact": contact,
     }

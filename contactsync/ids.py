@@ -32,6 +32,11 @@ def event_id_for(update_id: str) -> str:
     return "evt_" + update_id.removeprefix("upd_")
 
 
+def new_event_id() -> str:
+    """Return a new event id for an event that no update produced (a deletion)."""
+    return "evt_" + _random(20)
+
+
 def new_account_id() -> str:
     """Return a new account id."""
     return "acc_" + _random(16)

@@ -183,6 +183,29 @@ class BatchEnvelope(BaseModel):
     data: BatchResults
 
 
+class Pagination(BaseModel):
+    page: int | None
+    limit: int
+    total: int
+    total_pages: int
+    next_cursor: str | None
+
+
+class ContactList(BaseModel):
+    contacts: list[Contact]
+    pagination: Pagination
+
+
+class ContactListEnvelope(BaseModel):
+    success: Literal[True] = True
+    data: ContactList
+
+
+class DeletedEnvelope(BaseModel):
+    success: Literal[True] = True
+    message: str
+
+
 class UpdateError(BaseModel):
     code: str
     message: str

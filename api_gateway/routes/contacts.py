@@ -1,163 +1,39 @@
-"""Contacts: update (the core path), read, create."""
+"""Contacts: read, list, create, delete. (Updates are in `contact_update.py`.)"""
 
 from __future__ import annotations
 
-import re
-import time
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.auth import require
 from api_gateway.body import read_json
-from api_gateway.metrics import ENQUEUE_SECONDS, WAIT_OUTCOMES
 from api_gateway.responses import JSONResponse, error_responses, ok
-from api_gateway.state import Gateway, GatewayDep
-from contactsync import names
-from contactsync.contacts import contact_to_dict, create_contact, get_contact
-from contactsync.enqueue import Accepted, Idempotency, Replayed, Submission
-from contactsync.errors import (
-    Conflict,
-    IdempotencyKeyReused,
-    NotFound,
-    ValidationFailed,
-)
-from contactsync.ids import new_update_id
+from api_gateway.routes.contact_update import body_schema
+from api_gateway.state import GatewayDep
+from contactsync.contact_query import BadCursor, ContactFilter, SortKey, list_contacts
+from contactsync.contacts import contact_to_dict, create_contact, delete_contact, get_contact
+from contactsync.errors import NotFound, ValidationFailed
 from contactsync.keys import Principal
 from contactsync.schemas import (
+    SOURCES,
     ContactCreate,
     ContactEnvelope,
-    ContactUpdate,
-    UpdateRecordEnvelope,
+    ContactListEnvelope,
+    DeletedEnvelope,
     parse_body,
 )
-from contactsync.updates import AcceptedUpdate
+from contactsync.timeutil import as_utc, utcnow
 
 router = APIRouter(prefix="/external/v1", tags=["contacts"])
 
 Writer = Annotated[Principal, Depends(require("contacts:write"))]
 Reader = Annotated[Principal, Depends(require("contacts:read"))]
-_CONTACT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_MAX_IDEMPOTENCY_KEY = 255
-
-
-def _body_schema(model: type[ContactUpdate] | type[ContactCreate]) -> dict[str, Any]:
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-def _wants_async(prefer: str | None) -> bool:
-    if not prefer:
-        return False
-    return any(p.split(";")[0].strip().lower() == "respond-async" for p in prefer.split(","))
-
-
-def _replay(record: dict[str, Any], idem: Idempotency) -> JSONResponse:
-    if record.get("fingerprint") != idem.fingerprint:
-        raise IdempotencyKeyReused(
-            "This Idempotency-Key was already used with a different request."
-        )
-    response = record.get("response")
-    if response is None:
-        raise Conflict("A request with this Idempotency-Key is still in flight.")
-    return JSONResponse(
-        response["body"], status_code=response["status"], headers=response.get("headers")
-    )
-
-
-@router.put(
-    "/contacts/{contact_id}",
-    response_model=None,
-    openapi_extra=_body_schema(ContactUpdate),
-    responses={
-        200: {"model": ContactEnvelope, "description": "The update was applied."},
-        202: {"model": UpdateRecordEnvelope, "description": "Accepted; it applies shortly."},
-        **error_responses(400, 403, 404, 409, 413, 415, 422),
-    },
-)
-async def update_contact(
-    contact_id: str,
-    request: Request,
-    principal: Writer,
-    gateway: GatewayDep,
-    prefer: Annotated[str | None, Header()] = None,
-    idempotency_key: Annotated[str | None, Header()] = None,
-) -> JSONResponse:
-    """Update a contact: only the fields sent change; tags are replaced, custom fields merged."""
-    body = await read_json(request)
-    patch = parse_body(ContactUpdate, body).patch()
-    if not _CONTACT_ID.match(contact_id):
-        raise NotFound("Contact not found.")
-    idem = None
-    if idempotency_key is not None:
-        if not 1 <= len(idempotency_key) <= _MAX_IDEMPOTENCY_KEY:
-            raise ValidationFailed({"Idempotency-Key": "must be 1 to 255 characters"})
-        idem = Idempotency.of(idempotency_key, "PUT", request.url.path, body)
-    respond_async = _wants_async(prefer)
-    update_id = new_update_id()
-    submission = Submission(
-        update_id=update_id, account_id=principal.account_id, contact_id=contact_id,
-        patch=patch, queue=names.UPDATES_QUEUE, idempotency=idem,
-        reply_to=None if respond_async else gateway.waiter.channel,
-    )
-    if not respond_async:
-        gateway.waiter.expect(update_id)
-    started = time.perf_counter()
-    try:
-        outcome = await gateway.publisher.submit(submission)
-        ENQUEUE_SECONDS.observe(time.perf_counter() - started)
-    except BaseException:
-        gateway.waiter.forget(update_id)
-        raise
-    if isinstance(outcome, Replayed):
-        gateway.waiter.forget(update_id)
-        assert idem is not None
-        return _replay(outcome.record, idem)
-    assert isinstance(outcome, Accepted)
-    if respond_async:
-        status, payload, headers = _accepted(outcome.update, async_applied=True)
-    else:
-        status, payload, headers = await _wait_for(gateway, outcome.update)
-    if idem is not None:
-        await gateway.enqueuer.finish_idempotency(
-            principal.account_id, idem, update_id,
-            {"status": status, "body": payload, "headers": headers},
-        )
-    return JSONResponse(payload, status_code=status, headers=headers)
-
-
-def _accepted(
-    update: AcceptedUpdate, *, async_applied: bool
-) -> tuple[int, dict[str, Any], dict[str, str]]:
-    headers = {"Location": f"/external/v1/updates/{update.update_id}"}
-    if async_applied:
-        headers["Preference-Applied"] = "respond-async"
-    return 202, {"success": True, "data": update.queued_record()}, headers
-
-
-async def _wait_for(
-    gateway: Gateway, update: AcceptedUpdate
-) -> tuple[int, dict[str, Any], dict[str, str]]:
-    result = await gateway.waiter.wait(update.update_id, gateway.settings.sync_wait_seconds)
-    WAIT_OUTCOMES.labels("timeout" if result is None else str(result["status"])).inc()
-    if result is None:
-        return _accepted(update, async_applied=False)
-    status = result["status"]
-    if status in ("applied", "noop"):
-        return 200, {"success": True, "data": result["contact"]}, {}
-    error = result.get("error") or {}
-    details: dict[str, Any]
-    if status == "not_found":
-        code, http, details = "NOT_FOUND", 404, {}
-    elif error.get("code") == "VALIDATION_ERROR":
-        details = {"fields": {"custom_fields": error["message"]}}
-        code, http = "VALIDATION_ERROR", 400
-    else:
-        code, http, details = "INTERNAL_ERROR", 500, {"update_id": update.update_id}
-    message = "Contact not found." if status == "not_found" else error.get("message", "Failed.")
-    envelope = {"success": False, "error": {"code": code, "message": message, "details": details}}
-    return http, envelope, {}
+Deleter = Annotated[Principal, Depends(require("contacts:delete"))]
+_TAGS_HELP = "comma-separated; a contact must have every one"
+_CURSOR_HELP = "next_cursor of the previous page (created_at order only)"
 
 
 @router.get(
@@ -179,11 +55,62 @@ async def read_contact(contact_id: str, principal: Reader, gateway: GatewayDep) 
     return ok(data)
 
 
+@router.get(
+    "/contacts",
+    response_model=None,
+    responses={200: {"model": ContactListEnvelope}, **error_responses(400, 403)},
+)
+async def list_all(
+    principal: Reader,
+    gateway: GatewayDep,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    search: Annotated[str | None, Query(max_length=200)] = None,
+    company: Annotated[str | None, Query(max_length=200)] = None,
+    email: Annotated[str | None, Query(max_length=254)] = None,
+    source: Literal["linkedin", "csv", "crm", "api", "manual", "other"] | None = None,
+    tags: Annotated[str | None, Query(max_length=2000, description=_TAGS_HELP)] = None,
+    sort_by: SortKey = "created_at",
+    sort_order: Literal["asc", "desc"] = "desc",
+    updated_since: Annotated[datetime | None, Query(description="ISO 8601")] = None,
+    cursor: Annotated[str | None, Query(max_length=500, description=_CURSOR_HELP)] = None,
+) -> JSONResponse:
+    """List the caller's contacts: filters, pages, and a stable cursor for sync jobs."""
+    assert source is None or source in SOURCES
+    wanted_tags = tuple(t.strip() for t in (tags or "").split(",") if t.strip())
+    since = as_utc(updated_since) if updated_since is not None else None
+    query = ContactFilter(
+        principal.account_id, search, company, email, source, wanted_tags, since
+    )
+
+    def load() -> dict[str, Any]:
+        with gateway.db.reading() as session:
+            result = list_contacts(
+                session, query, limit=limit, page=page, sort_by=sort_by,
+                descending=sort_order == "desc", cursor=cursor,
+            )
+            return {
+                "contacts": [contact_to_dict(c) for c in result.contacts],
+                "pagination": {
+                    "page": page if cursor is None else None,
+                    "limit": limit,
+                    "total": result.total,
+                    "total_pages": -(-result.total // limit),
+                    "next_cursor": result.next_cursor,
+                },
+            }
+
+    try:
+        return ok(await run_in_threadpool(load))
+    except BadCursor as exc:
+        raise ValidationFailed({"cursor": str(exc)}) from None
+
+
 @router.post(
     "/contacts",
     response_model=None,
     status_code=201,
-    openapi_extra=_body_schema(ContactCreate),
+    openapi_extra=body_schema(ContactCreate),
     responses={201: {"model": ContactEnvelope}, **error_responses(400, 403, 413, 415)},
 )
 async def create(request: Request, principal: Writer, gateway: GatewayDep) -> JSONResponse:
@@ -197,3 +124,20 @@ async def create(request: Request, principal: Writer, gateway: GatewayDep) -> JS
             return contact_to_dict(contact)
 
     return ok(await run_in_threadpool(insert), status=201)
+
+
+@router.delete(
+    "/contacts/{contact_id}",
+    response_model=None,
+    responses={200: {"model": DeletedEnvelope}, **error_responses(403, 404)},
+)
+async def delete(contact_id: str, principal: Deleter, gateway: GatewayDep) -> JSONResponse:
+    """Delete a contact; emits `contact.deleted`, and its queued updates end `not_found`."""
+
+    def remove() -> bool:
+        with gateway.db.unit_of_work() as session:
+            return delete_contact(session, principal.account_id, contact_id, utcnow())
+
+    if not await run_in_threadpool(remove):
+        raise NotFound("Contact not found.")
+    return JSONResponse({"success": True, "message": "Contact deleted successfully"})

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from contactsync.db import Database
 from contactsync.keys import revoke
 from contactsync.models import UpdateRecord
 from tests.conftest import Stack, Tenant, make_contact, make_tenant
@@ -29,7 +28,6 @@ ASYNC = {"Prefer": "respond-async"}
 
 _TRANSPORT = httpx.HTTPTransport()
 atexit.register(_TRANSPORT.close)
-_WRITERS: dict[str, Database] = {}
 
 
 def api(stack: Stack, key: str | None = None) -> httpx.Client:
@@ -42,31 +40,14 @@ def api(stack: Stack, key: str | None = None) -> httpx.Client:
     return httpx.Client(base_url=stack.base_url, headers=headers, timeout=15, transport=_TRANSPORT)
 
 
-def writer(stack: Stack) -> Database:
-    """Return a database handle for the test's own writes that read first.
-
-    On SQLite, a deferred transaction that reads and then writes fails at once with
-    "database is locked" whenever the worker's relay holds the write lock (it takes it every
-    50 ms), so `stack.db` is not safe for `create_key` or `revoke`; a write-heavy handle,
-    which takes the lock when it begins, waits its turn instead.
-    """
-    if not stack.settings.is_sqlite:
-        return stack.db
-    url = stack.settings.database_url
-    if url not in _WRITERS:
-        _WRITERS[url] = Database(stack.settings)
-        atexit.register(_WRITERS[url].dispose)
-    return _WRITERS[url]
-
-
 def new_tenant(stack: Stack, name: str, permissions: list[str] | None = None) -> Tenant:
-    """Return an account's new key (`make_tenant`, made safe to run beside the worker)."""
-    return make_tenant(writer(stack), name, permissions)
+    """Return an account's new key."""
+    return make_tenant(stack.db, name, permissions)
 
 
 def revoke_key(stack: Stack, key: str) -> int:
     """Revoke a key as `contactsync keys revoke` does; return how many keys it named."""
-    with writer(stack).unit_of_work() as session:
+    with stack.db.unit_of_work() as session:
         return len(revoke(session, key))
 
 

@@ -25,7 +25,6 @@ from tests.e2e.helpers import (
     revoke_key,
     settled_events,
     update_records,
-    writer,
 )
 from tests.support import wait_until
 
@@ -464,7 +463,7 @@ def test_json_content_types_are_accepted(
 def test_an_internal_error_is_enveloped_and_keeps_the_connection(
     stack: Stack, seeded: Seeded
 ) -> None:
-    with writer(stack).unit_of_work() as session:  # a row no code path can render
+    with stack.db.unit_of_work() as session:  # a row no code path can render
         contact = session.get(Contact, seeded.contact_id)
         assert contact is not None
         contact.custom_fields = ["not-an-object"]  # type: ignore[assignment]

@@ -17,7 +17,6 @@ from tests.e2e.helpers import (
     get_contact,
     new_tenant,
     settled_events,
-    writer,
 )
 
 
@@ -28,7 +27,7 @@ def tenant(stack: Stack) -> Tenant:
 
 def _corrupt(stack: Stack, contact_id: str) -> None:
     """Break a contact's stored merge state, so that applying any update to it fails for good."""
-    with writer(stack).unit_of_work() as session:
+    with stack.db.unit_of_work() as session:
         contact = session.get(Contact, contact_id)
         assert contact is not None
         contact.field_seqs = {"position": "not-a-sequence"}

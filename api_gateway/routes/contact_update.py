@@ -1,0 +1,157 @@
+"""The core path: `PUT /external/v1/contacts/{id}` in both response modes."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from pydantic import BaseModel
+
+from api_gateway.auth import require
+from api_gateway.body import read_json
+from api_gateway.metrics import ENQUEUE_SECONDS, WAIT_OUTCOMES
+from api_gateway.responses import JSONResponse, error_responses
+from api_gateway.state import Gateway, GatewayDep
+from contactsync import names
+from contactsync.enqueue import Accepted, Idempotency, Replayed, Submission
+from contactsync.errors import (
+    Conflict,
+    IdempotencyKeyReused,
+    NotFound,
+    ValidationFailed,
+)
+from contactsync.ids import new_update_id
+from contactsync.keys import Principal
+from contactsync.schemas import (
+    CONTACT_ID_PATTERN,
+    ContactEnvelope,
+    ContactUpdate,
+    UpdateRecordEnvelope,
+    parse_body,
+)
+from contactsync.updates import AcceptedUpdate
+
+router = APIRouter(prefix="/external/v1", tags=["contacts"])
+
+Writer = Annotated[Principal, Depends(require("contacts:write"))]
+_MAX_IDEMPOTENCY_KEY = 255
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """Return the OpenAPI request body of a route that reads `model` itself."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _wants_async(prefer: str | None) -> bool:
+    if not prefer:
+        return False
+    return any(p.split(";")[0].strip().lower() == "respond-async" for p in prefer.split(","))
+
+
+def _replay(record: dict[str, Any], idem: Idempotency) -> JSONResponse:
+    if record.get("fingerprint") != idem.fingerprint:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was already used with a different request."
+        )
+    response = record.get("response")
+    if response is None:
+        raise Conflict("A request with this Idempotency-Key is still in flight.")
+    return JSONResponse(
+        response["body"], status_code=response["status"], headers=response.get("headers")
+    )
+
+
+@router.put(
+    "/contacts/{contact_id}",
+    response_model=None,
+    openapi_extra=body_schema(ContactUpdate),
+    responses={
+        200: {"model": ContactEnvelope, "description": "The update was applied."},
+        202: {"model": UpdateRecordEnvelope, "description": "Accepted; it applies shortly."},
+        **error_responses(400, 403, 404, 409, 413, 415, 422),
+    },
+)
+async def update_contact(
+    contact_id: str,
+    request: Request,
+    principal: Writer,
+    gateway: GatewayDep,
+    prefer: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    """Update a contact: only the fields sent change; tags are replaced, custom fields merged."""
+    body = await read_json(request)
+    patch = parse_body(ContactUpdate, body).patch()
+    if not CONTACT_ID_PATTERN.match(contact_id):
+        raise NotFound("Contact not found.")
+    idem = None
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= _MAX_IDEMPOTENCY_KEY:
+            raise ValidationFailed({"Idempotency-Key": "must be 1 to 255 characters"})
+        idem = Idempotency.of(idempotency_key, "PUT", request.url.path, body)
+    respond_async = _wants_async(prefer)
+    update_id = new_update_id()
+    submission = Submission(
+        update_id=update_id, account_id=principal.account_id, contact_id=contact_id,
+        patch=patch, queue=names.UPDATES_QUEUE, idempotency=idem,
+        reply_to=None if respond_async else gateway.waiter.channel,
+    )
+    if not respond_async:
+        gateway.waiter.expect(update_id)
+    started = time.perf_counter()
+    try:
+        outcome = await gateway.publisher.submit(submission)
+        ENQUEUE_SECONDS.observe(time.perf_counter() - started)
+    except BaseException:
+        gateway.waiter.forget(update_id)
+        raise
+    if isinstance(outcome, Replayed):
+        gateway.waiter.forget(update_id)
+        assert idem is not None
+        return _replay(outcome.record, idem)
+    assert isinstance(outcome, Accepted)
+    if respond_async:
+        status, payload, headers = _accepted(outcome.update, async_applied=True)
+    else:
+        status, payload, headers = await _wait_for(gateway, outcome.update)
+    if idem is not None:
+        await gateway.enqueuer.finish_idempotency(
+            principal.account_id, idem, update_id,
+            {"status": status, "body": payload, "headers": headers},
+        )
+    return JSONResponse(payload, status_code=status, headers=headers)
+
+
+def _accepted(
+    update: AcceptedUpdate, *, async_applied: bool
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    headers = {"Location": f"/external/v1/updates/{update.update_id}"}
+    if async_applied:
+        headers["Preference-Applied"] = "respond-async"
+    return 202, {"success": True, "data": update.queued_record()}, headers
+
+
+async def _wait_for(
+    gateway: Gateway, update: AcceptedUpdate
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    result = await gateway.waiter.wait(update.update_id, gateway.settings.sync_wait_seconds)
+    WAIT_OUTCOMES.labels("timeout" if result is None else str(result["status"])).inc()
+    if result is None:
+        return _accepted(update, async_applied=False)
+    status = result["status"]
+    if status in ("applied", "noop"):
+        return 200, {"success": True, "data": result["contact"]}, {}
+    error = result.get("error") or {}
+    details: dict[str, Any]
+    if status == "not_found":
+        code, http, details = "NOT_FOUND", 404, {}
+    elif error.get("code") == "VALIDATION_ERROR":
+        details = {"fields": {"custom_fields": error["message"]}}
+        code, http = "VALIDATION_ERROR", 400
+    else:
+        code, http, details = "INTERNAL_ERROR", 500, {"update_id": update.update_id}
+    message = "Contact not found." if status == "not_found" else error.get("message", "Failed.")
+    envelope = {"success": False, "error": {"code": code, "message": message, "details": details}}
+    return http, envelope, {}
