@@ -27,7 +27,8 @@ class Gateway:
     keys: KeyCache
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
+    # async: FastAPI runs a plain `def` dependency in a thread, a costly hop on every request
     gateway: Gateway = request.app.state.gateway
     return gateway
 

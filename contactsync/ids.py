@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import string
 
-_ALPHABET = string.ascii_lowercase + string.digits
 _KEY_ALPHABET = string.ascii_letters + string.digits
 API_KEY_PREFIX = "csk_live_"
 API_KEY_RANDOM_LENGTH = 40  # ~238 bits of entropy
 KEY_DISPLAY_PREFIX_LENGTH = len(API_KEY_PREFIX) + 8
 
 
-def _random(length: int, alphabet: str = _ALPHABET) -> str:
-    return "".join(secrets.choice(alphabet) for _ in range(length))
+def _random(length: int) -> str:
+    # Base32 of random bytes: lowercase letters and digits, and far cheaper than a choice per
+    # character on the request path.
+    return base64.b32encode(secrets.token_bytes(length)).decode("ascii")[:length].lower()
 
 
 def new_contact_id() -> str:
@@ -49,7 +51,9 @@ def new_key_id() -> str:
 
 def new_api_key() -> str:
     """Return a new secret API key, to be shown once."""
-    return API_KEY_PREFIX + _random(API_KEY_RANDOM_LENGTH, _KEY_ALPHABET)
+    return API_KEY_PREFIX + "".join(
+        secrets.choice(_KEY_ALPHABET) for _ in range(API_KEY_RANDOM_LENGTH)
+    )
 
 
 def hash_api_key(key: str) -> str:
