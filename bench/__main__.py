@@ -1,0 +1,63 @@
+"""`python -m bench`: every benchmark of the high-volume issue, each beside its baseline.
+
+Starts a private Redis (append-only file on) and uses the machine's PostgreSQL (database
+`contactsync_bench`, recreated) unless `--backend sqlite`. `--quick` is CI's smoke form:
+tiny sizes, no figure to trust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import runs, services
+from contactsync.settings import Settings
+
+SECTIONS = ("a", "b", "c", "d")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--backend", choices=("postgresql", "sqlite"), default="postgresql")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="sections, e.g. a,d")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--processes", type=int, default=2, help="gateway processes")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument("--contacts", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="smoke form for CI")
+    args = parser.parse_args(argv)
+    sections = [s for s in args.only.split(",") if s]
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, services.private_redis() as redis:
+        workdir = Path(tmp)
+        url = services.database_url(args.backend, workdir)
+        settings = Settings(database_url=url, redis_url=redis)
+        contacts = 50 if args.quick else args.contacts
+        key, ids = services.seed(settings, contacts)
+        cfg = runs.Config(settings=settings, key=key, contacts=ids, log_dir=workdir,
+                          seconds=2 if args.quick else args.seconds, processes=args.processes)
+        if args.quick:
+            cfg.drain_updates, cfg.bulk_updates, cfg.soak_updates = 500, 2000, 3000
+        print(f"contactsync bench on {platform.node()}, {args.backend}, "
+              f"{args.processes} gateway processes, {args.concurrency} worker processes, "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+        if "a" in sections:
+            runs.gateway_vs_bare(cfg)
+        if "b" in sections:
+            runs.worker_drain(cfg, args.concurrency)
+        if "c" in sections:
+            runs.raw_sql_vs_bulk(cfg, args.concurrency)
+        if "d" in sections:
+            runs.end_to_end(cfg, args.concurrency)
+    print("\n| measure | ours | baseline | note |\n|---|---|---|---|")
+    for row in cfg.rows:
+        print("| " + " | ".join(row) + " |")
+    print(f"\ncommand: python -m bench {' '.join(argv if argv is not None else sys.argv[1:])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,268 @@
+"""The benchmark runs; each returns rows of (what, ours, baseline, ratio-or-note)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from bench import load, services
+from contactsync import names
+from contactsync.celery_message import build_task_message
+from contactsync.enqueue import Enqueuer, Submission
+from contactsync.ids import new_update_id
+from contactsync.settings import Settings
+
+
+@dataclass
+class Config:
+    settings: Settings
+    key: str
+    contacts: list[str]
+    log_dir: Path
+    seconds: float = 10
+    processes: int = 2
+    drain_updates: int = 20_000
+    bulk_updates: int = 50_000
+    soak_updates: int = 100_000
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        return services.env_for(self.settings)
+
+    def row(self, what: str, ours: str, baseline: str, note: str) -> None:
+        self.rows.append((what, ours, baseline, note))
+        print(f"  {what}: ours {ours} | baseline {baseline} | {note}", flush=True)
+
+
+def _applied(settings: Settings) -> int:
+    url = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    if settings.is_sqlite:
+        import sqlite3
+
+        path = settings.sqlite_path()
+        assert path is not None
+        with sqlite3.connect(path) as conn:
+            return int(conn.execute("SELECT count(*) FROM update_records").fetchone()[0])
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM update_records").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def _wait_applied(settings: Settings, target: int, timeout: float = 600) -> float:
+    """Wait until `target` updates are recorded; return when that happened (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _applied(settings) >= target:
+            return time.monotonic()
+        time.sleep(0.05)
+    raise SystemExit(f"bench: only {_applied(settings)} of {target} updates applied")
+
+
+def gateway_vs_bare(cfg: Config) -> None:
+    """(a) Our gateway in async mode against a bare FastAPI PUT-and-validate endpoint."""
+    print("(a) gateway, async mode, vs bare FastAPI", flush=True)
+    env = cfg.env()
+    best: dict[str, load.WrkResult] = {}
+    for name in ("bare", "ours", "bare", "ours"):
+        port = services.free_port()
+        starter = services.start_bare if name == "bare" else services.start_gateway
+        service = starter(env, port, cfg.processes, cfg.log_dir)
+        try:
+            load.wrk(f"http://127.0.0.1:{port}", cfg.key, len(cfg.contacts), 2)  # warm up
+            result = load.wrk(f"http://127.0.0.1:{port}", cfg.key, len(cfg.contacts), cfg.seconds)
+        finally:
+            service.stop()
+        if name not in best or result.rps > best[name].rps:
+            best[name] = result
+    ours, bare = best["ours"], best["bare"]
+    cfg.row("req/s", f"{ours.rps:.0f}", f"{bare.rps:.0f}", f"ratio {ours.rps / bare.rps:.2f}")
+    cfg.row("p50 ms", f"{ours.p50_ms:.1f}", f"{bare.p50_ms:.1f}", "64 connections")
+    cfg.row("p99 ms", f"{ours.p99_ms:.1f}", f"{bare.p99_ms:.1f}", f"non-2xx {ours.non_2xx}")
+    Redis.from_url(cfg.settings.redis_url).delete(names.UPDATES_QUEUE)
+    _clear_bodies(cfg)
+
+
+def _clear_bodies(cfg: Config) -> None:
+    redis = Redis.from_url(cfg.settings.redis_url)
+    for keys in _chunks(list(redis.scan_iter(names.UPDATE_BODY_PREFIX + "*", count=5000)), 5000):
+        redis.delete(*keys)
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _drain_time(cfg: Config, queue: str, app: str, concurrency: int, done: Any) -> float:
+    redis = Redis.from_url(cfg.settings.redis_url)
+    total = redis.llen(queue)
+    worker = services.start_worker(cfg.env(), concurrency, cfg.log_dir, app=app, queues=queue)
+    try:
+        while redis.llen(queue) >= total:  # the clock starts with the first message taken
+            time.sleep(0.005)
+        started = time.monotonic()
+        while not done():
+            time.sleep(0.01)
+        return time.monotonic() - started
+    finally:
+        worker.stop()
+
+
+def worker_drain(cfg: Config, concurrency: int) -> None:
+    """(b) A no-op Celery task's drain rate against our worker's applied updates/s."""
+    print("(b) worker drain: no-op Celery task vs our apply", flush=True)
+    redis = Redis.from_url(cfg.settings.redis_url)
+    n = cfg.drain_updates
+    with redis.pipeline(transaction=False) as pipe:
+        for _ in range(n):
+            pipe.lpush("bench.noop", build_task_message(
+                task_name="bench.noop", task_id=str(uuid.uuid4()), args=[["upd_x"]], kwargs={},
+                queue="bench.noop", argsrepr="upd_x", kwargsrepr="{}", origin="bench",
+            ))
+        pipe.execute()
+    noop = _drain_time(cfg, "bench.noop", "bench.noop_app", concurrency,
+                       lambda: redis.llen("bench.noop") == 0 and redis.hlen("unacked") == 0)
+    noop_rate = n / noop
+    for batch in (1, 25):
+        before = _applied(cfg.settings)
+        asyncio.run(_prefill(cfg, n, batch))
+        elapsed = _drain_time(cfg, names.UPDATES_QUEUE, "worker.app", concurrency,
+                              lambda: _applied(cfg.settings) >= before + n)
+        rate = n / elapsed
+        cfg.row(f"drain, {batch} update(s)/message", f"{rate:.0f} updates/s",
+                f"{noop_rate:.0f} tasks/s", f"ratio {rate / noop_rate:.2f}")
+
+
+async def _prefill(cfg: Config, n: int, batch: int) -> None:
+    redis = AsyncRedis.from_url(cfg.settings.redis_url)
+    enqueuer = Enqueuer(redis, idempotency_ttl=60, max_batch=batch, origin="bench")
+    account = _account(cfg)
+    for chunk in _chunks(list(range(n)), 1000):
+        await enqueuer.accept([
+            Submission(update_id=new_update_id(), account_id=account,
+                       contact_id=cfg.contacts[i % len(cfg.contacts)],
+                       patch={"position": f"P{i}", "custom_fields": {"n": i}},
+                       queue=names.UPDATES_QUEUE)
+            for i in chunk
+        ])
+    await redis.aclose()
+
+
+def _account(cfg: Config) -> str:
+    from contactsync.db import Database
+    from contactsync.models import Contact
+
+    db = Database(cfg.settings)
+    with db.reading() as session:
+        contact = session.get(Contact, cfg.contacts[0])
+        assert contact is not None
+        account = contact.account_id
+    db.dispose()
+    return account
+
+
+def raw_sql_vs_bulk(cfg: Config, concurrency: int) -> None:
+    """(c) Raw batched SQL UPDATEs against our bulk path, end to end."""
+    print("(c) bulk path vs raw batched SQL", flush=True)
+    raw = _raw_sql_rate(cfg)
+    port = services.free_port()
+    gateway = services.start_gateway(cfg.env(), port, cfg.processes, cfg.log_dir)
+    worker = services.start_worker(cfg.env(), concurrency, cfg.log_dir)
+    try:
+        before = _applied(cfg.settings)
+        n = cfg.bulk_updates
+        started = time.monotonic()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                          headers={"X-API-Key": cfg.key}) as client:
+            for chunk in _chunks(list(range(n)), 1000):
+                body = {"updates": [
+                    {"id": cfg.contacts[i % len(cfg.contacts)], "company": f"C{i}"} for i in chunk
+                ]}
+                response = client.post("/external/v1/contacts/batch/update", json=body)
+                response.raise_for_status()
+        accepted = time.monotonic()
+        finished = _wait_applied(cfg.settings, before + n)
+    finally:
+        worker.stop()
+        gateway.stop()
+    rate = n / (finished - started)
+    cfg.row("bulk, applied end to end", f"{rate:.0f} updates/s", f"{raw:.0f} rows/s",
+            f"ratio {rate / raw:.2f}; accepted in {accepted - started:.1f}s")
+
+
+def _raw_sql_rate(cfg: Config) -> float:
+    if cfg.settings.is_sqlite:
+        import sqlite3
+
+        path = cfg.settings.sqlite_path()
+        assert path is not None
+        conn: Any = sqlite3.connect(path)
+        marker = "?"
+    else:
+        conn = psycopg.connect(cfg.settings.database_url.replace("+psycopg", ""))
+        marker = "%s"
+    sql = f"UPDATE contacts SET company = {marker} WHERE id = {marker}"
+    rows = 0
+    deadline = time.monotonic() + cfg.seconds
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        chunk = [(f"R{rows + i}", cfg.contacts[(rows + i) % len(cfg.contacts)]) for i in range(100)]
+        cursor = conn.cursor()
+        cursor.executemany(sql, chunk)
+        conn.commit()
+        rows += len(chunk)
+    conn.close()
+    return rows / (time.monotonic() - started)
+
+
+def end_to_end(cfg: Config, concurrency: int) -> None:
+    """(d) Single async updates accepted → applied, and default-mode latency at 300 req/s;
+    (e) memory of gateway and worker over a long run."""
+    print("(d) end to end, single updates; (e) memory over a long run", flush=True)
+    port = services.free_port()
+    gateway = services.start_gateway(cfg.env(), port, cfg.processes, cfg.log_dir)
+    worker = services.start_worker(cfg.env(), concurrency, cfg.log_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        time.sleep(2)
+        before = _applied(cfg.settings)
+        started = time.monotonic()
+        result = load.wrk(url, cfg.key, len(cfg.contacts), cfg.seconds)
+        accepted = result.requests - result.non_2xx
+        finished = _wait_applied(cfg.settings, before + accepted)
+        rate = accepted / (finished - started)
+        cfg.row("single updates accepted → applied", f"{rate:.0f} updates/s",
+                f"{result.rps:.0f} accepted/s", f"drained {finished - started - cfg.seconds:.1f}s "
+                f"after load; non-2xx {result.non_2xx}")
+        latency = load.open_loop(port, 300, cfg.seconds, load.put_request(cfg.key, len(cfg.contacts)))
+        cfg.row("default-mode PUT at 300 req/s", f"p50 {latency.p50_ms:.1f} ms, "
+                f"p99 {latency.p99_ms:.1f} ms", "-", f"{latency.ok}/{latency.sent} ok")
+        _soak(cfg, url, gateway, worker)
+    finally:
+        worker.stop()
+        gateway.stop()
+
+
+def _soak(cfg: Config, url: str, gateway: services.Service, worker: services.Service) -> None:
+    samples: list[tuple[int, float, float]] = []
+    sent = 0
+    while sent < cfg.soak_updates:
+        result = load.wrk(url, cfg.key, len(cfg.contacts), min(5.0, cfg.seconds))
+        sent += result.requests - result.non_2xx
+        samples.append((sent, gateway.rss_mib(), worker.rss_mib()))
+    first = next(s for s in samples if s[0] >= cfg.soak_updates * 0.1)
+    last = samples[-1]
+    for index, name in ((1, "gateway"), (2, "worker")):
+        peak = max(s[index] for s in samples)
+        growth = (last[index] - first[index]) / first[index] * 100
+        cfg.row(f"{name} RSS over {sent} updates", f"peak {peak:.0f} MiB",
+                f"at 10%: {first[index]:.0f} MiB", f"end {last[index]:.0f} MiB ({growth:+.0f}%)")

@@ -1,0 +1,185 @@
+"""Start what a benchmark needs on loopback: a private Redis, a fresh database, processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+from redis import Redis
+from sqlalchemy import text
+
+from contactsync.contacts import create_contact
+from contactsync.db import Database
+from contactsync.keys import create_key
+from contactsync.migrate import upgrade
+from contactsync.models import Base
+from contactsync.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+PG_DB = "contactsync_bench"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def private_redis() -> Iterator[str]:
+    """Run a redis-server with its append-only file on (the production setting)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("bench needs redis-server on PATH")
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as data:
+        port = free_port()
+        process = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", data, "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            wait_for(lambda: Redis.from_url(url).ping(), "redis")
+            yield url
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def database_url(backend: str, workdir: Path) -> str:
+    """Return a fresh, migrated database of the given backend."""
+    if backend == "sqlite":
+        url = f"sqlite:///{workdir / 'bench.db'}"
+    else:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname=%s", (PG_DB,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{PG_DB}"')
+        url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+        url = f"{url}/{PG_DB}"
+        db = Database(Settings(database_url=url))
+        with db.engine.begin() as conn:
+            Base.metadata.drop_all(conn)
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        db.dispose()
+    upgrade(url)
+    return url
+
+
+def seed(settings: Settings, contacts: int) -> tuple[str, list[str]]:
+    """Create an account with a key without a practical rate limit, and its contacts."""
+    db = Database(settings)
+    try:
+        with db.unit_of_work() as session:
+            row, key = create_key(
+                session, "bench", ["contacts:read", "contacts:write"],
+                rate_limit_per_second=1_000_000,
+            )
+            ids = [f"cnt_bench{i:07d}" for i in range(contacts)]
+            for contact_id in ids:
+                create_contact(session, row.account_id, {"name": "Bench"}, contact_id=contact_id)
+        return key, ids
+    finally:
+        db.dispose()
+
+
+def wait_for(probe: object, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if probe():  # type: ignore[operator]
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"bench: {what} did not start")
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+
+    def pids(self) -> list[int]:
+        """Return the process and its children (uvicorn and Celery fork workers)."""
+        pids = [self.process.pid]
+        for pid in pids:
+            children = Path(f"/proc/{pid}/task/{pid}/children")
+            if children.exists():
+                pids += [int(p) for p in children.read_text().split()]
+        return pids
+
+    def rss_mib(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except FileNotFoundError:
+                continue
+        return total / 1024
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTSYNC_")}
+    env.update({
+        "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+        "CONTACTSYNC_LOG_LEVEL": "WARNING", "CONTACTSYNC_MAX_BACKLOG": "10000000",
+        "PYTHONPATH": str(ROOT),
+    })
+    env.update(extra)
+    return env
+
+
+def start(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Service:
+    log = (log_dir / f"{name}.log").open("ab")
+    process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return Service(name, process)
+
+
+def start_gateway(env: dict[str, str], port: int, workers: int, log_dir: Path) -> Service:
+    service = start("gateway", [sys.executable, "-m", "contactsync", "gateway", "--port",
+                                str(port), "--workers", str(workers)], env, log_dir)
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, "gateway")
+    return service
+
+
+def start_bare(env: dict[str, str], port: int, workers: int, log_dir: Path) -> Service:
+    service = start("bare", [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port",
+                             str(port), "--workers", str(workers), "--log-level", "warning"],
+                    env, log_dir)
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200,
+             "bare app")
+    return service
+
+
+def start_worker(env: dict[str, str], concurrency: int, log_dir: Path,
+                 app: str = "worker.app", queues: str = "contacts.updates,contacts.bulk") -> Service:
+    service = start("worker", [sys.executable, "-m", "celery", "-A", app, "worker",
+                               "--concurrency", str(concurrency), "-Q", queues, "-E",
+                               "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
+                    env, log_dir)
+    return service

@@ -1,0 +1,23 @@
+"""The benchmark's quick form runs end to end (a smoke test: no figure is asserted)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from tests.support import ROOT, require_service
+
+
+def test_bench_quick_form_prints_every_section() -> None:
+    require_service("wrk", shutil.which("wrk") is not None)
+    require_service("redis-server", shutil.which("redis-server") is not None)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"], cwd=ROOT, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for measure in ("| req/s |", "| drain, 1 update(s)/message |", "| bulk, applied end to end |",
+                    "| single updates accepted → applied |", "| default-mode PUT at 300 req/s |",
+                    "| worker RSS over"):
+        assert measure in result.stdout, result.stdout
