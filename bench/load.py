@@ -115,7 +115,9 @@ async def _open_loop(host: str, port: int, rate: float, seconds: float,
     )
 
 
-def open_loop(port: int, rate: float, seconds: float, request: Callable[[int], bytes]) -> OpenLoopResult:
+def open_loop(
+    port: int, rate: float, seconds: float, request: Callable[[int], bytes]
+) -> OpenLoopResult:
     """Send `rate` requests a second for `seconds`, whatever the answers' pace."""
     return asyncio.run(_open_loop("127.0.0.1", port, rate, seconds, request))
 

@@ -133,10 +133,10 @@ def worker_drain(cfg: Config, concurrency: int) -> None:
                        lambda: redis.llen("bench.noop") == 0 and redis.hlen("unacked") == 0)
     noop_rate = n / noop
     for batch in (1, 25):
-        before = _applied(cfg.settings)
+        target = _applied(cfg.settings) + n
         asyncio.run(_prefill(cfg, n, batch))
         elapsed = _drain_time(cfg, names.UPDATES_QUEUE, "worker.app", concurrency,
-                              lambda: _applied(cfg.settings) >= before + n)
+                              lambda target=target: _applied(cfg.settings) >= target)
         rate = n / elapsed
         cfg.row(f"drain, {batch} update(s)/message", f"{rate:.0f} updates/s",
                 f"{noop_rate:.0f} tasks/s", f"ratio {rate / noop_rate:.2f}")
@@ -243,7 +243,8 @@ def end_to_end(cfg: Config, concurrency: int) -> None:
         cfg.row("single updates accepted → applied", f"{rate:.0f} updates/s",
                 f"{result.rps:.0f} accepted/s", f"drained {finished - started - cfg.seconds:.1f}s "
                 f"after load; non-2xx {result.non_2xx}")
-        latency = load.open_loop(port, 300, cfg.seconds, load.put_request(cfg.key, len(cfg.contacts)))
+        requests = load.put_request(cfg.key, len(cfg.contacts))
+        latency = load.open_loop(port, 300, cfg.seconds, requests)
         cfg.row("default-mode PUT at 300 req/s", f"p50 {latency.p50_ms:.1f} ms, "
                 f"p99 {latency.p99_ms:.1f} ms", "-", f"{latency.ok}/{latency.sent} ok")
         _soak(cfg, url, gateway, worker)

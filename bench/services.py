@@ -176,8 +176,10 @@ def start_bare(env: dict[str, str], port: int, workers: int, log_dir: Path) -> S
     return service
 
 
-def start_worker(env: dict[str, str], concurrency: int, log_dir: Path,
-                 app: str = "worker.app", queues: str = "contacts.updates,contacts.bulk") -> Service:
+def start_worker(
+    env: dict[str, str], concurrency: int, log_dir: Path, app: str = "worker.app",
+    queues: str = "contacts.updates,contacts.bulk",
+) -> Service:
     service = start("worker", [sys.executable, "-m", "celery", "-A", app, "worker",
                                "--concurrency", str(concurrency), "-Q", queues, "-E",
                                "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
