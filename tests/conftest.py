@@ -7,6 +7,7 @@ PostgreSQL skips on a laptop and fails in CI.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,21 @@ def redis_client(settings: Settings) -> Iterator[Redis]:
     client.close()
 
 
+def _quiet(redis_client: Redis, timeout: float = 15) -> None:
+    """Wait until no update is queued, held by a worker, or still stored unfinished."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = redis_client.llen("contacts.updates") + redis_client.llen("contacts.bulk")
+        busy += redis_client.hlen("unacked")
+        busy += len(list(redis_client.scan_iter("contactsync:update:*", count=1000)))
+        if not busy:
+            return
+        time.sleep(0.05)
+
+
 def _clean(database: Database, redis_client: Redis) -> None:
+    # A previous test's updates may still be applying: let them finish before emptying.
+    _quiet(redis_client)
     with database.unit_of_work() as session:
         for table in reversed(Base.metadata.sorted_tables):
             session.execute(table.delete())
