@@ -11,7 +11,7 @@ from typing import NoReturn
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from contactsync.cli import admin, services
+from contactsync.cli import admin, importer, services
 from contactsync.cli.errors import CliError
 
 
@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke keys by their shown prefix")
     revoke.add_argument("prefix")
     revoke.set_defaults(handler=admin.keys_revoke)
+
+    imports = sub.add_parser("import", help="send a CSV or JSONL file's updates in batches")
+    importer.add_arguments(imports)
+    imports.set_defaults(handler=importer.run)
 
     events = sub.add_parser("events", help="change events").add_subparsers(
         dest="events_command", required=True, parser_class=_Parser

@@ -1,0 +1,231 @@
+"""Turn an import file (CSV or JSON lines) into batch-update items, one per row; no I/O but reading.
+
+CSV: an `id` column plus field columns (`name`, `email`, `phone`, `company`, `position`,
+`linkedin_url`), `tags` as one `;`-separated cell, `custom.<key>` columns into `custom_fields`,
+and LinkedIn's connections-export headers mapped onto those fields. An empty cell is not sent,
+so it never clears a field. JSON lines: each line one batch item, exactly as the API takes it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Format = Literal["csv", "jsonl"]
+FORMATS: tuple[Format, ...] = ("csv", "jsonl")
+CUSTOM_PREFIX = "custom."
+TAG_SEPARATOR = ";"
+ROW_ERROR = "INVALID_ROW"
+
+_FIELDS = ("id", "name", "email", "phone", "company", "position", "linkedin_url", "tags")
+# LinkedIn's Connections.csv headers, matched case-insensitively like every header.
+_LINKEDIN = {
+    "url": "linkedin_url",
+    "email address": "email",
+    "company": "company",
+    "position": "position",
+}
+_NAME_PARTS = ("first name", "last name")
+# Columns of the LinkedIn export that have no field of their own: read and left out.
+_IGNORED = frozenset({"connected on"})
+_EXTENSIONS: dict[str, Format] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+class ImportFileError(ValueError):
+    """The file as a whole cannot be imported (unknown format, bad header)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One update to send: the batch item and the line it starts on."""
+
+    line: int
+    update: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A row that cannot become an update, with why."""
+
+    line: int
+    id: str | None
+    message: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def error(self) -> dict[str, Any]:
+        """Return the error in the API's shape."""
+        details = {"fields": self.fields} if self.fields else {}
+        return {"code": ROW_ERROR, "message": self.message, "details": details}
+
+
+Item = Row | RowError
+
+
+def detect_format(path: Path, explicit: str | None = None) -> Format:
+    """Return the format named, or the one the file's extension implies."""
+    if explicit is not None:
+        if explicit not in FORMATS:
+            raise ImportFileError(f"unknown format {explicit!r}: use csv or jsonl")
+        return explicit
+    found = _EXTENSIONS.get(path.suffix.lower())
+    if found is None:
+        raise ImportFileError(
+            f"cannot tell the format of {path.name!r} from its extension: pass --format csv|jsonl"
+        )
+    return found
+
+
+def read_items(path: Path, fmt: Format) -> Iterator[Item]:
+    """Yield each row of the file as an update or a row error, in file order."""
+    # utf-8-sig: spreadsheets often write a byte-order mark before the header.
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        try:
+            yield from (parse_csv(handle) if fmt == "csv" else parse_jsonl(handle))
+        except UnicodeDecodeError:
+            raise ImportFileError(
+                f"{path.name} is not UTF-8 text: save it as UTF-8 and run again"
+            ) from None
+
+
+@dataclass(frozen=True)
+class _Header:
+    """Where each column of a CSV file goes."""
+
+    width: int
+    id_index: int
+    columns: dict[int, str]  # index -> field name, or "custom.<key>"; the id column left out
+    name_parts: tuple[int, ...]  # LinkedIn's First Name / Last Name, joined into `name`
+
+
+def _map_header(cells: list[str]) -> _Header:
+    columns: dict[int, str] = {}
+    name_parts: list[int] = []
+    for index, raw in enumerate(cells):
+        label = raw.strip()
+        lowered = label.lower()
+        if lowered.startswith(CUSTOM_PREFIX):
+            key = label[len(CUSTOM_PREFIX):]
+            if not key:
+                raise ImportFileError(f"column {index + 1}: 'custom.' needs a key after the dot")
+            columns[index] = CUSTOM_PREFIX + key
+        elif lowered in _FIELDS:
+            columns[index] = lowered
+        elif lowered in _LINKEDIN:
+            columns[index] = _LINKEDIN[lowered]
+        elif lowered in _NAME_PARTS:
+            name_parts.append(index)
+        elif lowered not in _IGNORED:
+            known = ", ".join(_FIELDS)
+            raise ImportFileError(
+                f"unknown column {label!r}: use {known}, custom.<key>, or LinkedIn's headers"
+            )
+    targets = list(columns.values()) + (["name"] if name_parts else [])
+    repeated = sorted({t for t in targets if targets.count(t) > 1})
+    if repeated:
+        raise ImportFileError(f"more than one column gives {repeated[0]!r}")
+    id_index = next((i for i, target in columns.items() if target == "id"), None)
+    if id_index is None:
+        raise ImportFileError(
+            "the file has no 'id' column: each row must name the contact it updates "
+            "(add an id column to a LinkedIn export too)"
+        )
+    del columns[id_index]
+    return _Header(len(cells), id_index, columns, tuple(name_parts))
+
+
+def _skip_preamble(records: Iterator[tuple[int, list[str]]]) -> tuple[int, list[str]] | None:
+    """Return the header record, past blank lines and LinkedIn's "Notes:" preamble."""
+    in_notes = False
+    for line, cells in records:
+        labels = {c.strip().lower() for c in cells} - {""}
+        if not labels:
+            continue
+        if cells[0].strip().lower() == "notes:":
+            in_notes = True
+        elif not in_notes or labels & {"id", "first name"}:
+            return line, cells
+    return None
+
+
+def _records(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
+    reader = csv.reader(lines)
+    start = 1
+    for cells in reader:
+        yield start, cells
+        start = reader.line_num + 1
+
+
+def parse_csv(lines: Iterable[str]) -> Iterator[Item]:
+    """Yield each CSV record after the header as an update or a row error."""
+    records = _records(lines)
+    try:
+        found = _skip_preamble(records)
+        if found is None:
+            raise ImportFileError("the file is empty: no header row")
+        header = _map_header(found[1])
+        for line, cells in records:
+            if any(c.strip() for c in cells):
+                yield _csv_row(header, line, cells)
+    except csv.Error as exc:
+        raise ImportFileError(f"not readable as CSV: {exc}") from None
+
+
+def _csv_row(header: _Header, line: int, cells: list[str]) -> Item:
+    contact_id = (cells[header.id_index].strip() if header.id_index < len(cells) else "") or None
+    if len(cells) != header.width:
+        return RowError(line, contact_id,
+                        f"the row has {len(cells)} cells, the header {header.width}")
+    if contact_id is None:
+        return RowError(line, None, "the row has no id", {"id": "A contact id is required."})
+    update: dict[str, Any] = {"id": contact_id}
+    custom: dict[str, str] = {}
+    for index, target in header.columns.items():
+        value = cells[index].strip()
+        if not value:
+            continue  # an empty cell is not sent: it never clears a field
+        if target.startswith(CUSTOM_PREFIX):
+            custom[target[len(CUSTOM_PREFIX):]] = value
+        elif target == "tags":
+            update["tags"] = split_tags(value)
+        else:
+            update[target] = value
+    name = " ".join(p for p in (cells[i].strip() for i in header.name_parts) if p)
+    if name:
+        update["name"] = name
+    if custom:
+        update["custom_fields"] = custom
+    return Row(line, update)
+
+
+def split_tags(cell: str) -> list[str]:
+    """Split a `;`-separated tags cell into trimmed, non-empty tags."""
+    return [tag.strip() for tag in cell.split(TAG_SEPARATOR) if tag.strip()]
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_jsonl(lines: Iterable[str]) -> Iterator[Item]:
+    """Yield each non-blank line, a JSON object with an `id`, as an update or a row error."""
+    for line, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text, parse_constant=_no_constant)
+        except ValueError as exc:
+            yield RowError(line, None, f"not valid JSON: {exc}", {"_body": "Not valid JSON."})
+            continue
+        if not isinstance(value, dict):
+            yield RowError(line, None, "the line is not a JSON object",
+                           {"_body": "Each line must be a JSON object."})
+            continue
+        contact_id = value.get("id")
+        if not isinstance(contact_id, str) or not contact_id.strip():
+            yield RowError(line, None, "the row has no id", {"id": "A contact id is required."})
+            continue
+        yield Row(line, value)
