@@ -6,7 +6,10 @@ PostgreSQL skips on a laptop and fails in CI.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +20,6 @@ import httpx
 import psycopg
 import pytest
 from redis import Redis
-from sqlalchemy import text
 
 from contactsync.contacts import create_contact
 from contactsync.db import Database
@@ -27,6 +29,7 @@ from contactsync.models import Base
 from contactsync.settings import Settings
 from tests.support import (
     Process,
+    free_port,
     require_service,
     service_env,
     start_gateway,
@@ -35,19 +38,47 @@ from tests.support import (
     wait_until,
 )
 
-PG_ADMIN_URL = os.environ.get("CONTACTSYNC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-PG_TEST_DB = "contactsync_test"
-REDIS_BASE = os.environ.get("CONTACTSYNC_TEST_REDIS", "redis://127.0.0.1:6379")
+PG_ADMIN_URL = os.environ.get(
+    "CONTACTSYNC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+# Each run has its own database and, where redis-server is installed, its own Redis: runs
+# side by side (two checkouts, a developer and CI) never consume each other's messages.
+PG_TEST_DB = f"contactsync_test_{os.getpid()}"
 REDIS_DB = {"sqlite": 14, "postgresql": 15}
 BACKENDS = os.environ.get("CONTACTSYNC_TEST_BACKENDS", "sqlite,postgresql").split(",")
 ALL_PERMISSIONS = ["contacts:read", "contacts:write", "contacts:delete"]
 
 
-def _redis_ok() -> bool:
+def _redis_ok(url: str) -> bool:
     try:
-        return bool(Redis.from_url(REDIS_BASE, socket_connect_timeout=1).ping())
+        return bool(Redis.from_url(url, socket_connect_timeout=1).ping())
     except Exception:
         return False
+
+
+@pytest.fixture(scope="session")
+def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Return the Redis server of this run: CONTACTSYNC_TEST_REDIS, or a private one."""
+    configured = os.environ.get("CONTACTSYNC_TEST_REDIS")
+    binary = shutil.which("redis-server")
+    if configured or binary is None:
+        url = configured or "redis://127.0.0.1:6379"
+        require_service("Redis", _redis_ok(url))
+        yield url
+        return
+    port = free_port()
+    data = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _redis_ok(url), timeout=10)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def _postgres_url() -> str | None:
@@ -64,15 +95,21 @@ def _postgres_url() -> str | None:
     return f"{base}/{PG_TEST_DB}"
 
 
+def _drop_postgres_database() -> None:
+    with contextlib.suppress(Exception), psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{PG_TEST_DB}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture(scope="session")
-def settings(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(
+    backend: str, redis_base: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
     """Settings for one backend, with the schema migrated from scratch."""
-    require_service("Redis", _redis_ok())
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'contactsync.db'}"
     else:
@@ -80,13 +117,10 @@ def settings(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Settings
         require_service("PostgreSQL", pg is not None)
         assert pg is not None
         url = pg
-        db = Database(Settings(database_url=url))
-        with db.engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-        db.dispose()
     upgrade(url)
-    return Settings(database_url=url, redis_url=f"{REDIS_BASE}/{REDIS_DB[backend]}")
+    yield Settings(database_url=url, redis_url=f"{redis_base}/{REDIS_DB[backend]}")
+    if backend == "postgresql":
+        _drop_postgres_database()
 
 
 @pytest.fixture(scope="session")
@@ -191,8 +225,6 @@ def running_stack(
     settings: Settings, database: Database, redis_client: Redis,
     tmp_path_factory: pytest.TempPathFactory, backend: str,
 ) -> Iterator[Stack]:
-    from tests.support import free_port
-
     logs: Path = tmp_path_factory.mktemp(f"logs-{backend}")
     env = service_env(
         settings.database_url, settings.redis_url,

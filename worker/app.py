@@ -13,12 +13,31 @@ def _queue(name: str) -> Queue:
     return Queue(name)  # type: ignore[no-untyped-call]
 
 
+def sweep_interval(settings: Settings) -> int:
+    """Return how often workers look for messages to bring back: a tenth of the visibility
+    timeout, 1 to 10 s (each look is one ZRANGE under a lock key)."""
+    return max(1, min(10, settings.visibility_timeout_seconds // 10))
+
+
+def transport_options(settings: Settings) -> dict[str, object]:
+    """Return kombu's Redis options: when unacknowledged messages go back to their queue."""
+    return {
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        # A message a dead worker held comes back once it is `visibility_timeout` old, at the
+        # next sweep for such messages. kombu sweeps every interval x throttle seconds (10 x 10
+        # by default): 100 s on top of any visibility timeout.
+        "unacked_restore_interval": sweep_interval(settings),
+        "unacked_restore_throttle": 1,
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, object]:
     """Return Celery's configuration for these settings."""
     return {
         "broker_url": settings.redis_url,
+        "broker_transport": "worker.transport:Transport",
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_seconds},
+        "broker_transport_options": transport_options(settings),
         # JSON only: a pickled message could run code in the worker.
         "task_serializer": "json",
         "accept_content": ["json"],
