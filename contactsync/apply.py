@@ -10,11 +10,12 @@ from typing import Any
 import orjson
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
 from contactsync import events
 from contactsync.contacts import contact_to_dict, state_of, store_state
 from contactsync.dead_letters import park
-from contactsync.merge import Change, merge
+from contactsync.merge import CUSTOM_PREFIX, Change, merge
 from contactsync.models import Contact, OutboxEvent, UpdateRecord
 from contactsync.schemas import MAX_CUSTOM_FIELDS
 from contactsync.timeutil import isoformat, parse_iso
@@ -107,6 +108,10 @@ def _apply_one(
         }
         return Outcome(update, "failed", contact=contact_to_dict(contact), error=error)
     store_state(contact, result.state)
+    if any(name.startswith(CUSTOM_PREFIX) for name in result.changes):
+        # SQLAlchemy writes a JSON column only if the new value is not == the old one, and
+        # Python has 1 == True == 1.0: a change between those would be reported, not stored.
+        flag_modified(contact, "custom_fields")
     if not result.changes:
         return Outcome(update, "noop", contact=contact_to_dict(contact))
     contact.updated_at = now

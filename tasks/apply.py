@@ -21,6 +21,8 @@ from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate
 from tasks.retry import LOCK_TIMEOUT_MS, backoff_seconds, is_transient
 from tasks.runtime import Runtime, get_runtime
+from tasks.validation import BadMessage, checked_update_ids, parse_stored_update
+from worker import metrics as worker_metrics
 from worker.app import app
 
 log = logging.getLogger("contactsync.worker")
@@ -38,6 +40,10 @@ class BatchResult:
 )
 def apply_updates(self: Task, update_ids: list[str]) -> dict[str, int]:
     """Apply accepted updates by id; return counts by status (no personal data)."""
+    # Bad messages (tasks/validation.py): a malformed argument is refused once, not retried.
+    update_ids = checked_update_ids(update_ids)
+    if not update_ids:
+        return {}
     runtime = get_runtime()
     try:
         updates = load_updates(runtime, update_ids)
@@ -54,8 +60,8 @@ def apply_updates(self: Task, update_ids: list[str]) -> dict[str, int]:
     # Answer for what is committed first: parking may yet end in a retry.
     finish(runtime, result.outcomes)
     if result.permanent:
-        park_failures(self, runtime, result.permanent)
-        finish(runtime, [Outcome(u, "failed", error=e) for u, e in result.permanent])
+        parked = park_failures(self, runtime, result.permanent)
+        finish(runtime, [Outcome(u, "failed", error=e) for u, e in parked])
     if result.transient:
         raise retry(self, runtime, [u.update_id for u in result.transient])
     counts: dict[str, int] = {}
@@ -76,15 +82,20 @@ def load_updates(runtime: Runtime, update_ids: Sequence[str]) -> list[AcceptedUp
     if missing:
         log.info("skipping updates with no stored body: %s", ", ".join(missing))
     updates = []
+    unreadable = []
     for update_id, raw in zip(update_ids, raws, strict=True):
         if raw is None:
             continue
         try:
-            updates.append(AcceptedUpdate.from_json(raw))
+            updates.append(parse_stored_update(raw))  # bad bodies: tasks/validation.py
         except (ValueError, TypeError) as exc:
             # One unreadable body (say, from a newer gateway) must not hold back the others;
             # it stays in Redis for an operator to look at.
-            log.error("skipping update %s: unreadable body (%s)", update_id, type(exc).__name__)
+            reason = str(exc) if isinstance(exc, BadMessage) else type(exc).__name__
+            log.error("skipping update %s: unreadable body (%s)", update_id, reason)
+            unreadable.append(update_id)
+    if unreadable:  # no longer pending: queueing it again would only log this again
+        runtime.redis.zrem(names.PENDING_KEY, *unreadable)
     return updates
 
 
@@ -146,17 +157,50 @@ def _error_of(exc: BaseException) -> dict[str, str]:
 
 def park_failures(
     task: Task, runtime: Runtime, failures: list[tuple[AcceptedUpdate, dict[str, str]]]
-) -> None:
-    """Record `failed` and park as dead letters; while the database is down, keep retrying."""
+) -> list[tuple[AcceptedUpdate, dict[str, str]]]:
+    """Record `failed` and park as dead letters; return those parked.
+
+    While the database is down, keep retrying. A failure that cannot be recorded at all (its
+    body holds what no column takes, as a sequence past BIGINT) must not take the others, or
+    the task, down with it: it is logged and its body left in Redis, as an unreadable one is.
+    """
     try:
-        with unit_of_work(runtime) as session:
-            now = utcnow()
-            record_failures(session, failures, now)
-            park(session, failures, now)
+        _park(runtime, failures)
+        return failures
     except Exception as exc:
-        if not is_transient(exc):
-            raise
-        raise retry(task, runtime, [u.update_id for u, _ in failures]) from exc
+        if is_transient(exc):
+            raise retry(task, runtime, [u.update_id for u, _ in failures]) from exc
+        if len(failures) == 1:
+            _log_unparkable(failures[0][0], exc)
+            return []
+    parked, again = [], []
+    for failure in failures:
+        try:
+            _park(runtime, [failure])
+            parked.append(failure)
+        except Exception as exc:
+            if is_transient(exc):
+                again.append(failure[0].update_id)
+            else:
+                _log_unparkable(failure[0], exc)
+    if again:
+        finish(runtime, [Outcome(u, "failed", error=e) for u, e in parked])
+        raise retry(task, runtime, again)
+    return parked
+
+
+def _park(runtime: Runtime, failures: list[tuple[AcceptedUpdate, dict[str, str]]]) -> None:
+    with unit_of_work(runtime) as session:
+        now = utcnow()
+        record_failures(session, failures, now)
+        park(session, failures, now)
+
+
+def _log_unparkable(update: AcceptedUpdate, exc: BaseException) -> None:
+    log.error(
+        "update %s failed and could not be recorded (%s); its body stays in Redis",
+        update.update_id, _describe(exc),
+    )
 
 
 def finish(runtime: Runtime, outcomes: list[Outcome]) -> None:
@@ -172,11 +216,18 @@ def finish(runtime: Runtime, outcomes: list[Outcome]) -> None:
                 pipe.publish(channel, orjson.dumps(items))
             if finished:
                 pipe.delete(*[names.update_body_key(i) for i in finished])
+                pipe.zrem(names.PENDING_KEY, *finished)
             pipe.execute()
     except Exception:
         # The updates are committed; a waiting gateway falls back to 202 and a leftover body
         # is skipped on redelivery, so losing this step loses nothing.
         log.warning("could not publish replies or drop bodies", exc_info=True)
+    observe(outcomes)
+
+
+def observe(outcomes: list[Outcome]) -> None:
+    """Count each finished update and log one line for it (ids, status, durations)."""
+    worker_metrics.record_finished(outcomes)
 
 
 def reply_of(outcome: Outcome) -> dict[str, Any]:

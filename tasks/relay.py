@@ -8,15 +8,21 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from redis import Redis
 from sqlalchemy import delete, select
 
+from contactsync import names
 from contactsync.db import Database
+from contactsync.enqueue import requeue_orphans
 from contactsync.models import OutboxEvent
 from contactsync.settings import Settings, get_settings
+from worker.app import sweep_interval
 
 log = logging.getLogger("contactsync.relay")
+
+MAX_BACKOFF_SECONDS = 5.0  # the longest pause between failed passes
 
 
 def relay_once(db: Database, redis: Redis, settings: Settings) -> int:
@@ -45,19 +51,56 @@ def relay_once(db: Database, redis: Redis, settings: Settings) -> int:
     return len(rows)
 
 
+def requeue_lost(redis: Redis, settings: Settings) -> int:
+    """Queue again the updates whose task message a dead worker took with it; return how many.
+
+    One relay at a time does it, at most once per sweep interval (a lock key that expires).
+    """
+    every = sweep_interval(settings)
+    try:
+        if not redis.set(names.REQUEUE_LOCK_KEY, os.getpid(), nx=True, ex=every):
+            return 0
+        update_ids = requeue_orphans(
+            redis, older_than_seconds=settings.visibility_timeout_seconds,
+            origin=f"relay@{settings.instance_name}:{os.getpid()}",
+        )
+    except Exception:
+        log.warning("looking for lost task messages failed; will retry", exc_info=True)
+        return 0
+    if update_ids:
+        log.warning("queued %d updates again, their task message was lost: %s",
+                    len(update_ids), ", ".join(update_ids[:20]))
+    return len(update_ids)
+
+
 def run_relay(settings: Settings, stop: threading.Event, parent_pid: int | None = None) -> None:
-    """Publish outbox events until `stop` is set (or the parent process is gone), then drain."""
-    db = Database(settings, write_heavy=True)
+    """Publish outbox events until `stop` is set (or the parent process is gone), then drain.
+
+    Between passes, look for pending updates that lost their task message (`requeue_lost`).
+    """
+    db = Database(settings)
     redis = Redis.from_url(settings.redis_url, socket_timeout=10)
+    next_sweep = time.monotonic()
+    failures = 0
     try:
         while not stop.is_set() and (parent_pid is None or os.getppid() == parent_pid):
             try:
                 published = relay_once(db, redis, settings)
+                failures = 0
             except Exception:
-                log.warning("relay pass failed; will retry", exc_info=True)
+                # While Redis or the database is down: the traceback once, then one line per
+                # pass, and passes further apart (up to MAX_BACKOFF_SECONDS).
+                failures += 1
+                log.warning("relay pass failed; will retry (%d in a row)", failures,
+                            exc_info=failures == 1)
                 published = 0
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + sweep_interval(settings)
+                requeue_lost(redis, settings)
             if published < settings.relay_batch_size:
-                stop.wait(settings.relay_interval_seconds)
+                interval = settings.relay_interval_seconds
+                stop.wait(min(MAX_BACKOFF_SECONDS, interval * 2 ** min(failures, 16)) if failures
+                          else interval)
         while relay_once(db, redis, settings):  # drain before the worker exits
             pass
     except Exception:

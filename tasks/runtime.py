@@ -29,7 +29,7 @@ def get_runtime() -> Runtime:
         settings = get_settings()
         _runtime = Runtime(
             settings=settings,
-            db=Database(settings, write_heavy=True),
+            db=Database(settings),
             redis=Redis.from_url(
                 settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
                 health_check_interval=30,

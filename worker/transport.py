@@ -15,10 +15,10 @@ from kombu.transport import redis
 log = logging.getLogger("contactsync.worker")
 
 
-class Channel(redis.Channel):  # type: ignore[misc]
+class Channel(redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         try:
-            delivered: bool = super()._brpop_read(**options)
+            delivered: bool = super()._brpop_read(**options)  # type: ignore[no-untyped-call]
             return delivered
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             # JSON, base64 and UTF-8 errors are ValueErrors; a missing part is a Key/TypeError.
@@ -27,5 +27,5 @@ class Channel(redis.Channel):  # type: ignore[misc]
             return True
 
 
-class Transport(redis.Transport):  # type: ignore[misc]
+class Transport(redis.Transport):
     Channel = Channel

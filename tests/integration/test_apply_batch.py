@@ -28,7 +28,7 @@ from tests.integration.apply_support import (
 @pytest.fixture(scope="module")
 def writer(settings: Settings) -> Iterator[Database]:
     """A database that takes the write lock up front, as the worker's does."""
-    database = Database(settings, write_heavy=True)
+    database = Database(settings)
     yield database
     database.dispose()
 

@@ -22,7 +22,7 @@ from tests.integration.apply_support import accepted, dead_letters, records
 @pytest.fixture
 def runtime(db: Database, settings: Settings, redis_client: Redis) -> Iterator[Runtime]:
     """A worker's resources: a database that takes the write lock up front, and Redis."""
-    database = Database(settings, write_heavy=True)
+    database = Database(settings)
     yield Runtime(settings, database, redis_client)
     database.dispose()
 

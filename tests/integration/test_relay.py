@@ -22,7 +22,7 @@ from tests.support import wait_until
 @pytest.fixture
 def relay_dbs(db: Database, settings: Settings) -> Iterator[list[Database]]:
     """Three relays' databases, each taking the write lock up front as the worker's does."""
-    databases = [Database(settings, write_heavy=True) for _ in range(3)]
+    databases = [Database(settings) for _ in range(3)]
     yield databases
     for database in databases:
         database.dispose()

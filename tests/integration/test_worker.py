@@ -32,6 +32,7 @@ from tests.integration.apply_support import (
     accepted,
     contact,
     dead_letters,
+    next_seq,
     outbox_count,
     push,
     records,
@@ -187,18 +188,26 @@ def test_a_refused_update_is_parked_and_replays_once_the_contact_has_room(stack:
     )
 
 
-@pytest.mark.parametrize("fault", ["name_null", "name_too_long"])
-def test_an_update_the_database_rejects_fails_alone(stack: Stack, backend: str, fault: str) -> None:
-    if fault == "name_too_long" and backend == "sqlite":
-        pytest.skip("SQLite does not enforce VARCHAR lengths")
+def unstorable(account_id: str, contact_id: str, patch: dict[str, Any]) -> AcceptedUpdate:
+    """Return an update that passes every check but the database's: a sequence past BIGINT.
+
+    The worker validates the stored body's shape, not its ranges, so this is what a corrupt
+    sequence counter would produce; both databases refuse to store it.
+    """
+    return accepted(account_id, contact_id, patch, seq=2**63 + next_seq())
+
+
+def test_an_update_the_database_rejects_fails_alone(stack: Stack, backend: str) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite does not enforce VARCHAR lengths: no such fault exists there")
     tenant = make_tenant(stack.db, "acme")
     one = make_contact(stack.db, tenant.account_id, name="Ann")
     two = make_contact(stack.db, tenant.account_id, name="Bob")
-    bad_patch = {"name": None} if fault == "name_null" else {"name": "N" * 300}
+    marker = "Lost-Marker-7731"
     good = accepted(tenant.account_id, one, {"position": "CTO"})
     missing = accepted(tenant.account_id, "cnt_missing00000", {"position": "CTO"})
-    marker = "Lost-Marker-7731"
-    bad = accepted(tenant.account_id, two, {**bad_patch, "company": marker})
+    # The column holds 200 characters: a body a laxer (older) gateway let through.
+    bad = accepted(tenant.account_id, two, {"name": "N" * 300, "company": marker})
     fine = accepted(tenant.account_id, two, {"position": "CEO"})
     # The bad update is listed twice, as a redelivered or replayed message might list it.
     push(stack.redis, [good, bad, missing, fine, bad])
@@ -228,27 +237,54 @@ def test_an_update_the_database_rejects_fails_alone(stack: Stack, backend: str, 
     assert (after["name"], after["company"], after["position"]) == ("Bobby", "Fixed", "CEO")
 
 
+def test_an_update_that_cannot_even_be_recorded_takes_nothing_down(
+    stack: Stack, backend: str
+) -> None:
+    tenant = make_tenant(stack.db, "acme")
+    one = make_contact(stack.db, tenant.account_id)
+    two = make_contact(stack.db, tenant.account_id)
+    good = accepted(tenant.account_id, one, {"position": "CTO"})
+    fine = accepted(tenant.account_id, two, {"position": "CEO"})
+    lost = unstorable(tenant.account_id, two, {"company": "Acme"})
+    parkable = []
+    if backend == "postgresql":  # a second failure, one that can be parked
+        parkable = [accepted(tenant.account_id, one, {"name": "N" * 300})]
+    message = push(stack.redis, [good, lost, *parkable, fine])
+    wait_task_runs(stack, message, 1)
+    found = records(stack.db)
+    assert {i: r.status for i, r in found.items()} == {
+        good.update_id: "applied", fine.update_id: "applied",
+        **{p.update_id: "failed" for p in parkable},
+    }
+    assert list(dead_letters(stack.db)) == [p.update_id for p in parkable]
+    assert f"update {lost.update_id} failed and could not be recorded" in stack.worker.log()
+    assert stack.redis.get(names.update_body_key(lost.update_id)) is not None
+    assert contact(stack.db, two)["company"] is None
+    stack.redis.delete(names.update_body_key(lost.update_id))  # what an operator would do
+
+
 def test_a_replay_that_fails_again_is_parked_again(stack: Stack) -> None:
     tenant = make_tenant(stack.db, "acme")
-    contact_id = make_contact(stack.db, tenant.account_id)
-    bad = accepted(tenant.account_id, contact_id, {"name": None})
-    push(stack.redis, [bad])
-    first = wait_finished(stack, [bad], **{bad.update_id: "failed"})[bad.update_id]
-    # The replay's commit comes late: the worker takes the update and fails it again
+    contact_id = make_contact(
+        stack.db, tenant.account_id, custom_fields={f"k{i}": i for i in range(100)}
+    )
+    refused = accepted(tenant.account_id, contact_id, {"custom_fields": {"extra": 1}})
+    push(stack.redis, [refused])
+    first = wait_finished(stack, [refused], **{refused.update_id: "failed"})[refused.update_id]
+    # The replay's commit comes late: the worker takes the update and refuses it again
     # meanwhile. Parking again must still leave it pending, not marked as replayed.
     with stack.db.unit_of_work() as session:
-        assert dead.replay(session, stack.redis, [], ORIGIN) == [bad.update_id]
+        assert dead.replay(session, stack.redis, [], ORIGIN) == [refused.update_id]
         time.sleep(1.5)
 
     def parked_again() -> bool:
         with stack.db.reading() as session:
             letters = dead.pending(session)
-            return [d.update_id for d in letters] == [bad.update_id] and letters[0].failed_at > (
-                first.applied_at
-            )
+            ids = [d.update_id for d in letters]
+            return ids == [refused.update_id] and letters[0].failed_at > first.applied_at
 
     wait_until(parked_again, timeout=10)
-    assert records(stack.db)[bad.update_id].status == "failed"
+    assert records(stack.db)[refused.update_id].status == "failed"
 
 
 def test_a_transient_fault_is_retried_then_parked_then_replayed(
@@ -337,7 +373,8 @@ def test_argsrepr_names_ids_and_fields_but_no_values(stack: Stack) -> None:
 
 
 def pool_children(pid: int) -> list[int]:
-    """Return the pids of a prefork worker's pool processes (its children but the relay)."""
+    """Return the pids of a prefork worker's pool processes: forked, so they share its argv."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes()
     children = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -345,7 +382,7 @@ def pool_children(pid: int) -> list[int]:
             command = (proc / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if parent == pid and b"tasks.relay" not in command:
+        if parent == pid and command == argv:
             children.append(int(proc.name))
     return children
 
@@ -409,6 +446,8 @@ def test_an_unreadable_body_does_not_hold_back_the_others(stack: Stack) -> None:
     wait_finished(stack, [good], **{good.update_id: "applied"})
     assert contact(stack.db, contact_id)["position"] == "CTO"
     assert broken.update_id in stack.worker.log()
+    assert stack.redis.get(names.update_body_key(broken.update_id)) is not None  # kept
+    stack.redis.delete(names.update_body_key(broken.update_id))  # what an operator would do
 
 
 def test_a_lock_held_elsewhere_does_not_stall_the_queue(stack: Stack, backend: str) -> None:
@@ -428,11 +467,13 @@ def test_a_lock_held_elsewhere_does_not_stall_the_queue(stack: Stack, backend: s
     assert contact(stack.db, stuck)["position"] == "CTO"
 
 
-def test_a_waiting_gateway_hears_of_a_parked_failure(stack: Stack) -> None:
+def test_a_waiting_gateway_hears_of_a_parked_failure(stack: Stack, backend: str) -> None:
+    if backend == "sqlite":
+        pytest.skip("needs a fault the database raises and can record: none on SQLite")
     tenant = make_tenant(stack.db, "acme")
     contact_id = make_contact(stack.db, tenant.account_id)
     channel = names.results_channel("integration-test")
-    bad = replace(accepted(tenant.account_id, contact_id, {"name": None}), reply_to=channel)
+    bad = replace(accepted(tenant.account_id, contact_id, {"name": "N" * 300}), reply_to=channel)
     good = replace(accepted(tenant.account_id, contact_id, {"company": "A"}), reply_to=channel)
     pubsub = stack.redis.pubsub(ignore_subscribe_messages=True)
     try:
@@ -454,3 +495,23 @@ def test_a_waiting_gateway_hears_of_a_parked_failure(stack: Stack) -> None:
     assert replies[bad.update_id]["status"] == "failed"
     assert replies[bad.update_id]["error"]["code"] == "APPLY_FAILED"
     assert stack.redis.get(names.update_body_key(bad.update_id)) is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="tasks/validation.py + tasks/apply.py load_updates: a stored body the worker refuses "
+    "(here a patch field this worker does not know, as after a newer gateway's deploy) is "
+    "logged and skipped, but never recorded nor parked: its update stays `queued` forever "
+    "and `dead-letters replay` cannot reach it. Expected: `failed` and a dead letter.",
+)
+def test_a_body_the_worker_refuses_still_ends_failed(stack: Stack) -> None:
+    tenant = make_tenant(stack.db, "acme")
+    contact_id = make_contact(stack.db, tenant.account_id)
+    newer = accepted(tenant.account_id, contact_id, {"nickname": "JD"})
+    message = push(stack.redis, [newer])
+    try:
+        wait_task_runs(stack, message, 1)
+        assert records(stack.db, [newer.update_id]).get(newer.update_id) is not None
+        assert list(dead_letters(stack.db)) == [newer.update_id]
+    finally:
+        stack.redis.delete(names.update_body_key(newer.update_id))
