@@ -11,20 +11,25 @@ from redis.asyncio import Redis
 
 from api_gateway import errors, openapi
 from api_gateway.auth import KeyCache
+from api_gateway.backlog import BacklogGauge
 from api_gateway.metrics import MetricsMiddleware
 from api_gateway.publisher import Publisher
+from api_gateway.ratelimit import RateLimiter, RateLimitHeaders
 from api_gateway.responses import JSONResponse
 from api_gateway.routes import batch, contact_update, contacts, health, updates
 from api_gateway.state import Gateway
 from api_gateway.waiter import ResultWaiter
 from contactsync.db import Database
 from contactsync.enqueue import Enqueuer
+from contactsync.logs import configure as configure_logging
 from contactsync.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the gateway; it connects to Redis and the database when it starts serving."""
     settings = settings or get_settings()
+    # Here, not at import: uvicorn has set up its own logging by the time it calls the factory.
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,12 +52,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings, db=db, redis=redis, enqueuer=enqueuer, publisher=publisher,
             waiter=waiter, keys=KeyCache(db, settings.key_cache_seconds),
         )
+        app.state.rate_limiter = RateLimiter(redis, settings.rate_limit_per_second)
+        backlog = app.state.backlog = BacklogGauge(
+            redis, max_backlog=settings.max_backlog, interval=settings.backlog_refresh_seconds,
+            max_per_message=settings.publish_max_batch,
+        )
         publisher.start()
         await waiter.start()
         await waiter.ready()
+        await backlog.start()
         try:
             yield
         finally:
+            await backlog.stop()
             await publisher.stop()
             await waiter.stop()
             await redis.aclose()
@@ -67,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     openapi.install(app)
+    app.add_middleware(RateLimitHeaders)  # outside the error mapping: errors carry them too
     app.add_middleware(MetricsMiddleware)
     app.include_router(batch.router)
     app.include_router(contact_update.router)

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from api_gateway.ratelimit import STATE_KEY, refuse
 from contactsync.db import Database
 from contactsync.errors import InsufficientPermissions, InvalidApiKey, MissingApiKey
 from contactsync.ids import hash_api_key
@@ -46,14 +47,21 @@ class KeyCache:
 
 
 def presented_key(request: Request) -> str | None:
-    """Return the key the request carries, if any."""
+    """Return the key the request carries, if any.
+
+    A request carrying both headers must name one key in both: two credentials that disagree
+    are refused rather than one silently preferred.
+    """
     key = request.headers.get("x-api-key")
-    if key is None:
-        auth = request.headers.get("authorization", "")
+    auth = request.headers.get("authorization")
+    bearer = None
+    if auth is not None:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() == "bearer":
-            key = token.strip()
-    return key or None
+            bearer = token.strip()
+        if key and bearer != key:
+            raise InvalidApiKey("X-API-Key and Authorization do not carry the same key.")
+    return key or bearer or None
 
 
 def require(permission: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
@@ -68,6 +76,13 @@ def require(permission: str) -> Callable[[Request], Coroutine[Any, Any, Principa
             principal = await request.app.state.gateway.keys.lookup(key)
         if principal is None:
             raise InvalidApiKey("The API key is not valid or has been revoked.")
+        # Before the permission check: every request a key makes spends from its bucket.
+        decision = await request.app.state.rate_limiter.take(
+            principal.key_id, principal.rate_limit_per_second
+        )
+        setattr(request.state, STATE_KEY, decision)
+        if not decision.allowed:
+            raise refuse(decision)
         if permission not in principal.permissions:
             raise InsufficientPermissions(f"This API key lacks the {permission} permission.")
         request.state.principal = principal

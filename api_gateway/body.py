@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -9,6 +10,8 @@ from fastapi import Request
 
 from contactsync.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from contactsync.schemas import MAX_BODY_BYTES
+
+MAX_DEPTH = 32
 
 
 def _is_json(content_type: str) -> bool:
@@ -38,6 +41,59 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
     if not raw.strip():
         raise ValidationFailed({"_body": "The body is empty: send a JSON object."})
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ValidationFailed({"_body": f"Malformed JSON: {exc}"}) from None
+    if _may_repeat_a_key(raw, body):
+        _refuse_repeated_keys(raw)
+    return body
+
+
+def _may_repeat_a_key(raw: bytes, body: Any) -> bool:
+    """Tell cheaply whether the text might hold a key twice (which decoding silently drops).
+
+    Every key in the text is followed by one colon; if the decoded objects hold as many keys
+    as the text has colons, no key was dropped. Colons inside strings (URLs, times) only make
+    this answer "maybe".
+    """
+    keys = 0
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list) and depth > MAX_DEPTH:
+            # No body of this API nests past 4 levels; deeper ones only cost CPU and stack.
+            raise ValidationFailed({"_body": f"The JSON is nested more than {MAX_DEPTH} deep."})
+        if isinstance(value, dict):
+            keys += len(value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return raw.count(b":") != keys
+
+
+def _refuse_repeated_keys(raw: bytes) -> None:
+    """Raise `ValidationFailed` naming a key that an object of the body holds twice.
+
+    JSON leaves duplicate keys undefined; parsers keep the first, the last, or fail, so a
+    proxy and this gateway could read one body two ways. Refusing them is the safe reading.
+    """
+    objects = 0
+    repeated: list[tuple[int, str]] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal objects
+        objects += 1
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                repeated.append((objects, key))
+                break
+            seen.add(key)
+        return dict(pairs)
+
+    json.loads(raw, object_pairs_hook=pairs_hook)
+    if repeated:
+        position, key = repeated[0]
+        if position == objects:  # the last object closed is the body itself
+            raise ValidationFailed({key: "This field is sent more than once."})
+        raise ValidationFailed({"_body": f"The key {key!r} is sent more than once in an object."})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 from typing import Any
 
@@ -50,13 +51,37 @@ async def _client_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "INTERNAL_ERROR")
     messages = {404: "No such resource.", 405: "Method not allowed on this resource."}
     message = messages.get(exc.status_code, str(exc.detail))
     headers = dict(exc.headers) if exc.headers else None
+    allowed = _allowed_methods(request) if exc.status_code == 405 else None
+    if allowed:
+        headers = {**(headers or {}), "Allow": allowed}
     return error_response(exc.status_code, code, message, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Return every method the OpenAPI document lists at this path, if it lists the path.
+
+    Starlette's own `Allow` names only the methods of the first route whose path matched, but
+    one path may be served by several routes (GET and POST /contacts).
+    """
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(
+        request.app.state, "allow_table", None
+    )
+    if table is None:
+        table = []
+        for path, operations in request.app.openapi().get("paths", {}).items():
+            pattern = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$")
+            table.append((pattern, sorted(m.upper() for m in operations)))
+        request.app.state.allow_table = table
+    for pattern, methods in table:
+        if pattern.match(request.url.path):
+            return ", ".join(methods)
+    return None
 
 
 async def _request_validation(_: Request, exc: Exception) -> JSONResponse:

@@ -1,11 +1,20 @@
-"""The gateway's Prometheus metrics, and the ASGI middleware that counts requests."""
+"""The gateway's Prometheus metrics, and the ASGI middleware that counts and logs requests.
+
+Under `contactsync gateway --workers N` every process writes its samples to a directory that
+the command makes (prometheus-client's multiprocess mode), and /metrics sums them all.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
+from functools import lru_cache
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+ACCESS_LOG = logging.getLogger("contactsync.access")
 
 REQUESTS = Counter(
     "contactsync_gateway_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -45,8 +54,14 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = _route_of(scope)
+            elapsed = time.perf_counter() - started
             REQUESTS.labels(scope["method"], route, str(status)).inc()
-            REQUEST_SECONDS.labels(scope["method"], route).observe(time.perf_counter() - started)
+            REQUEST_SECONDS.labels(scope["method"], route).observe(elapsed)
+            if ACCESS_LOG.isEnabledFor(logging.INFO):  # nothing is built when filtered out
+                ACCESS_LOG.info("request", extra={
+                    "method": scope["method"], "route": route, "http_status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                })
 
 
 def _route_of(scope: Scope) -> str:
@@ -58,3 +73,17 @@ def _route_of(scope: Scope) -> str:
         route = next((r for r in routes if getattr(r, "endpoint", None) is scope["endpoint"]), None)
     path = getattr(route, "path", None)
     return str(path) if path else "unmatched"
+
+
+@lru_cache(maxsize=1)
+def _all_processes() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def exposition() -> bytes:
+    """Return the metrics in the text format: every gateway process's, when there are several."""
+    if getattr(values.ValueClass, "_multiprocess", False):
+        return generate_latest(_all_processes())
+    return generate_latest()

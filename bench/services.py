@@ -148,6 +148,7 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     env.update({
         "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
         "CONTACTSYNC_LOG_LEVEL": "WARNING", "CONTACTSYNC_MAX_BACKLOG": "10000000",
+        "CONTACTSYNC_WORKER_METRICS_PORT": "0",
         "PYTHONPATH": str(ROOT),
     })
     env.update(extra)

@@ -7,7 +7,9 @@ pushes the task messages. That is what keeps the gateway's request path cheap.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,15 +17,22 @@ from importlib import resources
 from typing import Any
 
 import orjson
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from contactsync import names
 from contactsync.celery_message import build_task_message, queue_list_key
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate, task_argsrepr
 
+log = logging.getLogger("contactsync.gateway")
+
 ACCEPT_SCRIPT = resources.files("contactsync").joinpath("lua/accept.lua").read_text()
 IN_FLIGHT_SECONDS = 120
+# kombu's Redis transport keeps a message it handed to a worker here until it is acknowledged.
+UNACKED_KEY = "unacked"
+REQUEUE_BATCH = 200  # most updates in one task message queued again
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,21 @@ def task_message(queue: str, updates: list[AcceptedUpdate], origin: str) -> byte
     )
 
 
+def task_messages(
+    updates: list[AcceptedUpdate], max_batch: int, origin: str
+) -> list[tuple[str, bytes]]:
+    """Return (queue, message) pairs carrying these updates, at most `max_batch` each."""
+    by_queue: dict[str, list[AcceptedUpdate]] = {}
+    for update in updates:
+        by_queue.setdefault(update.queue, []).append(update)
+    messages = []
+    for queue, group in by_queue.items():
+        for start in range(0, len(group), max_batch):
+            chunk = group[start : start + max_batch]
+            messages.append((queue, task_message(queue, chunk, origin)))
+    return messages
+
+
 class Enqueuer:
     """Turn submissions into accepted updates on the queue."""
 
@@ -135,28 +159,108 @@ class Enqueuer:
         async with self._redis.pipeline(transaction=True) as pipe:
             for update in updates:
                 pipe.set(names.update_body_key(update.update_id), update.to_json())
+            # The sequence is the Redis time it was accepted at (or just past it): the score.
+            pipe.zadd(names.PENDING_KEY, {u.update_id: u.seq for u in updates})
             for queue, message in self.task_messages(updates):
                 pipe.lpush(queue_list_key(queue), message)
             await pipe.execute()
 
     def task_messages(self, updates: list[AcceptedUpdate]) -> list[tuple[str, bytes]]:
         """Return (queue, message) pairs carrying these updates, at most `max_batch` each."""
-        by_queue: dict[str, list[AcceptedUpdate]] = {}
-        for update in updates:
-            by_queue.setdefault(update.queue, []).append(update)
-        messages = []
-        for queue, group in by_queue.items():
-            for start in range(0, len(group), self._max_batch):
-                chunk = group[start : start + self._max_batch]
-                messages.append((queue, task_message(queue, chunk, self._origin)))
-        return messages
+        return task_messages(updates, self._max_batch, self._origin)
 
     async def finish_idempotency(
         self, account_id: str, idem: Idempotency, update_id: str, response: dict[str, Any]
     ) -> None:
-        """Store the answer given under an idempotency key, for the next 24 hours."""
-        await self._redis.set(
-            names.idempotency_key(account_id, idem.key_digest),
-            idempotency_record(idem.fingerprint, update_id, response),
-            ex=self._idempotency_ttl,
-        )
+        """Store the answer given under an idempotency key, for the next 24 hours.
+
+        Best effort: the update is already queued, so a Redis failure here must not turn its
+        2xx into a 503 (a client would send it again). The key then stays in flight until its
+        marker expires (`IN_FLIGHT_SECONDS`): a retry meanwhile gets 409, later a new update.
+        """
+        try:
+            await self._redis.set(
+                names.idempotency_key(account_id, idem.key_digest),
+                idempotency_record(idem.fingerprint, update_id, response),
+                ex=self._idempotency_ttl,
+            )
+        except RedisError as exc:
+            log.warning("could not store the answer of update %s under its idempotency key "
+                        "(%s)", update_id, type(exc).__name__)
+
+
+def _ids_named(envelope: Any) -> list[str]:
+    """Return the update ids an apply task message names (none for any other message)."""
+    try:
+        if envelope["headers"]["task"] != names.APPLY_TASK:
+            return []
+        ids = orjson.loads(base64.b64decode(envelope["body"]))[0][0]
+        return [i for i in ids if isinstance(i, str)]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return []
+
+
+def requeue_orphans(
+    redis: SyncRedis, *, older_than_seconds: float, origin: str, limit: int = 5000
+) -> list[str]:
+    """Queue again every pending update that no task message names any more; return their ids.
+
+    kombu's Redis transport takes a message off its queue (BRPOP) and only then records it as
+    unacknowledged (HSET): a worker killed between the two takes the message with it, and no
+    visibility timeout brings it back. Its update is still pending, body and all, so an update
+    pending for longer than `older_than_seconds` that no message names, in a queue or in
+    `unacked`, gets a new message. A message queued twice by a race is harmless: applying is
+    idempotent.
+    """
+    seconds, micros = redis.time()
+    now = seconds * 1_000_000 + micros
+    cutoff = now - int(older_than_seconds * 1_000_000)
+    found: list[bytes] = redis.zrangebyscore(  # type: ignore[assignment]
+        names.PENDING_KEY, "-inf", cutoff, start=0, num=limit
+    )
+    candidates = [i.decode() for i in found]
+    if not candidates:
+        return []
+    with redis.pipeline(transaction=True) as pipe:  # one snapshot of every message
+        for queue in (names.UPDATES_QUEUE, names.BULK_QUEUE):
+            for key in _priority_lists(queue):
+                pipe.lrange(key, 0, -1)
+        pipe.hvals(UNACKED_KEY)
+        *lists, unacked = pipe.execute()
+    named: set[str] = set()
+    for raw in (m for messages in lists for m in messages):
+        named.update(_ids_named(_loads(raw)))
+    for raw in unacked:  # kombu stores [message, exchange, routing key]
+        entry = _loads(raw)
+        named.update(_ids_named(entry[0] if isinstance(entry, list) and entry else None))
+    orphans = [i for i in candidates if i not in named]
+    if not orphans:
+        return []
+    updates, finished = [], []
+    for update_id, raw in zip(orphans, redis.mget([names.update_body_key(i) for i in orphans]),
+                              strict=True):
+        try:
+            updates.append(AcceptedUpdate.from_json(raw or b""))
+        except (TypeError, ValueError):
+            finished.append(update_id)  # finished meanwhile, or unreadable: nothing to queue
+    with redis.pipeline(transaction=True) as pipe:
+        if finished:
+            pipe.zrem(names.PENDING_KEY, *finished)
+        if updates:
+            pipe.zadd(names.PENDING_KEY, {u.update_id: now for u in updates}, xx=True)
+        for queue, message in task_messages(updates, REQUEUE_BATCH, origin):
+            pipe.lpush(queue_list_key(queue), message)
+        pipe.execute()
+    return [u.update_id for u in updates]
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _priority_lists(queue: str) -> list[str]:
+    # kombu keeps messages of priority 3, 6 and 9 in lists of their own (a retry could use one).
+    return [queue_list_key(queue), *(f"{queue}\x06\x16{step}" for step in (3, 6, 9))]

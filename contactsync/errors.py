@@ -86,6 +86,14 @@ class RateLimited(ClientError):
     status_code = 429
     code = "RATE_LIMIT_EXCEEDED"
 
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(
+            message,
+            details={"retry_after": retry_after},
+            headers={"Retry-After": str(retry_after)},
+        )
+        self.retry_after = retry_after
+
 
 class ServiceUnavailable(ClientError):
     status_code = 503

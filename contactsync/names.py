@@ -13,10 +13,18 @@ APPLY_TASK = "contactsync.apply_updates"
 SEQUENCE_KEY = "contactsync:sequence"
 # Prefix of the stored body of an accepted, not yet finished update (its fields, its sequence).
 UPDATE_BODY_PREFIX = "contactsync:update:"
+# Sorted set of the accepted updates not finished yet: member the update id, score the Redis
+# time (microseconds) it was last queued. What finds an update whose task message was lost.
+PENDING_KEY = "contactsync:pending"
+# Lock key: one worker's relay at a time looks for pending updates that lost their message.
+REQUEUE_LOCK_KEY = "contactsync:requeue-lock"
 # Prefix of idempotency records: contactsync:idem:{account_id}:{sha256 of the key}.
 IDEMPOTENCY_PREFIX = "contactsync:idem:"
 # Prefix of the pub/sub channel on which workers answer a gateway process waiting for results.
 RESULTS_CHANNEL_PREFIX = "contactsync:results:"
+
+# Prefix of an API key's token bucket (a hash: tokens left, last refill in microseconds).
+RATE_LIMIT_PREFIX = "contactsync:ratelimit:"
 
 
 def update_body_key(update_id: str) -> str:
@@ -32,3 +40,8 @@ def idempotency_key(account_id: str, key_digest: str) -> str:
 def results_channel(instance_id: str) -> str:
     """Return the pub/sub channel of one waiting gateway process."""
     return RESULTS_CHANNEL_PREFIX + instance_id
+
+
+def rate_limit_key(key_id: str) -> str:
+    """Return the Redis key of one API key's token bucket."""
+    return RATE_LIMIT_PREFIX + key_id

@@ -14,7 +14,9 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from contactsync.errors import ValidationFailed
 
@@ -31,6 +33,23 @@ CONTACT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SOURCES = ("linkedin", "csv", "crm", "api", "manual", "other")
 
 _PHONE = re.compile(r"^[0-9 +\-().]+$")
+# The OpenAPI document states each rule as exactly as JSON Schema can (Schemathesis holds the
+# gateway to it). Limits count characters after trimming; NUL is refused in every string.
+MAX_SAFE_INTEGER = 2**53 - 1  # larger integers lose precision in JavaScript clients
+_NO_NUL = "^[^\\u0000]*$"
+# Python's whitespace (str.isspace, which trimming uses), spelled out: `\s` differs between
+# Python, ECMA and Rust regex engines, and the document must mean the same in each.
+_SPACE = (
+    "\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029"
+    "\\u202f\\u205f\\u3000"
+)
+_NOT_BLANK = f"^[^\\u0000]*[^\\u0000{_SPACE}][^\\u0000]*$"
+_PHONE_PATTERN = "^[ +\\-().]*([0-9][ +\\-().]*){5,}$"
+HTTP_URL_PATTERN = (
+    "^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9][^\\u0000-\\u0020/?#@\\[\\]\\\\]*"
+    "([/?#][^\\u0000-\\u0020]*)?$"
+)
+_HTTP_URL = re.compile(HTTP_URL_PATTERN)
 
 
 def _email(value: str) -> str:
@@ -55,9 +74,8 @@ def _phone(value: str) -> str:
 def _http_url(value: str) -> str:
     if len(value) > 2048:
         raise ValueError("must be at most 2048 characters")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
-        raise ValueError("must be an http(s) URL")
+    if not _HTTP_URL.fullmatch(value) or not urlsplit(value).hostname:
+        raise ValueError("must be an http(s) URL with a host (and no user name)")
     return value
 
 
@@ -84,32 +102,81 @@ def _custom_fields(values: dict[str, JsonScalar]) -> dict[str, JsonScalar]:
     return values
 
 
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-Text200 = Annotated[str, Field(max_length=200)]
-Email = Annotated[str, AfterValidator(_email)]
-Phone = Annotated[str, AfterValidator(_phone)]
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
-Tags = Annotated[list[Annotated[str, Field(strict=True)]], AfterValidator(_tags)]
+def _text(max_length: int, pattern: str = _NO_NUL, **extra: Any) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "maxLength": max_length, "pattern": pattern, **extra})
+
+
+Name = Annotated[
+    str, Field(min_length=1, max_length=200), _text(200, _NOT_BLANK, minLength=1)
+]
+Text200 = Annotated[str, Field(max_length=200), _text(200)]
+SPECIAL_USE_DOMAINS = ("arpa", "invalid", "local", "localhost", "onion", "test")
+Email = Annotated[str, AfterValidator(_email), _text(
+    254, format="email",
+    description="Special-use domains (" + ", ".join(f".{d}" for d in SPECIAL_USE_DOMAINS)
+    + ") are refused: no mail reaches them.",
+)]
+Phone = Annotated[str, AfterValidator(_phone), _text(32, _PHONE_PATTERN)]
+HttpUrl = Annotated[str, AfterValidator(_http_url), _text(2048, HTTP_URL_PATTERN)]
+_TAGS_SCHEMA = {
+    "type": "array",
+    "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG_LENGTH, "pattern": _NOT_BLANK},
+    "description": f"Replaces the tags; at most {MAX_TAGS} distinct ones, duplicates dropped.",
+}
+Tags = Annotated[
+    list[Annotated[str, Field(strict=True)]], AfterValidator(_tags), WithJsonSchema(_TAGS_SCHEMA)
+]
 # Custom field keys and values are kept exactly as sent: trimming keys could merge two of them.
 _Verbatim = Annotated[str, StringConstraints(strip_whitespace=False)]
-CustomFields = Annotated[
-    dict[_Verbatim, _Verbatim | int | float | bool | None], AfterValidator(_custom_fields)
+_SafeInt = Annotated[int, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+_SafeFloat = Annotated[
+    float, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER, allow_inf_nan=False)
 ]
+_SAFE_RANGE = {"minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER}
+_CUSTOM_FIELDS_SCHEMA = {
+    "type": "object",
+    "maxProperties": MAX_CUSTOM_FIELDS,
+    "propertyNames": {"minLength": 1, "maxLength": MAX_CUSTOM_KEY_LENGTH, "pattern": _NO_NUL},
+    "additionalProperties": {"anyOf": [
+        {"type": "string", "pattern": _NO_NUL},
+        {"type": "integer", **_SAFE_RANGE},
+        {"type": "number", **_SAFE_RANGE},
+        {"type": "boolean"},
+        {"type": "null"},
+    ]},
+    "description": "Merged key by key; a key set to null is removed.",
+}
+CustomFields = Annotated[
+    dict[_Verbatim, _Verbatim | _SafeInt | _SafeFloat | bool | None],
+    AfterValidator(_custom_fields),
+    WithJsonSchema(_CUSTOM_FIELDS_SCHEMA),
+]
+
+
+def _no_defaults(schema: dict[str, Any]) -> None:
+    # `None` defaults mean "not sent": a client sending them would clear fields, or be refused.
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", 0) is None:
+            del prop["default"]
 
 
 class ContactFields(BaseModel):
     """Fields an update may carry; only those present in the body change."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, str_strip_whitespace=True, json_schema_extra=_no_defaults
+    )
 
-    name: Name | None = None
+    # `None` stands for "not sent"; null itself is refused for these three, so the schema
+    # does not offer it.
+    name: Name | SkipJsonSchema[None] = None
     email: Email | None = None
     phone: Phone | None = None
     company: Text200 | None = None
     position: Text200 | None = None
     linkedin_url: HttpUrl | None = None
-    tags: Tags | None = None
-    custom_fields: CustomFields | None = None
+    tags: Tags | SkipJsonSchema[None] = None
+    custom_fields: CustomFields | SkipJsonSchema[None] = None
 
     def patch(self) -> dict[str, Any]:
         """Return only the fields the client sent, normalized."""
@@ -157,13 +224,27 @@ class ErrorBody(BaseModel):
 class BatchItem(ContactUpdate):
     """One item of a batch update: the contact's id and the fields to change."""
 
-    id: str
+    id: Annotated[str, Field(pattern=CONTACT_ID_PATTERN.pattern)]
+
+
+_BATCH_ITEMS = {
+    "description": "Each an object like BatchItem: `id` and the fields as in PUT. Items are "
+    "checked one by one: an invalid item is refused in its result, the others are queued.",
+}
 
 
 class BatchRequest(BaseModel):
     """Body of `POST /external/v1/contacts/batch/update`."""
 
-    updates: list[BatchItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+    model_config = ConfigDict(extra="forbid")
+
+    updates: Annotated[
+        list[BatchItem],
+        Field(min_length=1, max_length=MAX_BATCH_ITEMS),
+        WithJsonSchema({
+            "type": "array", "minItems": 1, "maxItems": MAX_BATCH_ITEMS, "items": _BATCH_ITEMS
+        }),
+    ]
 
 
 class BatchResult(BaseModel):
@@ -253,13 +334,20 @@ def _field_errors(exc: ValidationError, body: Any) -> dict[str, str]:
         ):
             message = "May not be null."
         elif field == "custom_fields" and len(loc) > 1:
-            message = f"{loc[1]}: must be a string, number, boolean or null"
+            key = next((p for p in loc[1:] if not str(p).startswith("function-")), loc[1])
+            message = f"{key}: must be a string, number, boolean or null"
+            if any(_out_of_range(e, key) for e in exc.errors(include_url=False)):
+                message = f"{key}: numbers must be within ±{MAX_SAFE_INTEGER} (2^53 - 1)"
         else:
             message = error["msg"].removeprefix("Value error, ")
             if len(loc) > 1:
                 message = f"{'.'.join(str(p) for p in loc[1:])}: {message}"
         fields.setdefault(field, message)
     return fields
+
+
+def _out_of_range(error: Any, key: Any) -> bool:
+    return key in error["loc"] and error["type"] in ("less_than_equal", "greater_than_equal")
 
 
 def _check_nulls(body: dict[str, Any], model: type[ContactFields]) -> dict[str, str]:

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_FLOWER_AUTH = "admin:contactsync"
@@ -43,6 +43,18 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(
         default=2.0, ge=0, le=60, description="how long a gateway process trusts a key lookup"
     )
+    rate_limit_per_second: int = Field(
+        default=100, ge=1, description="per-key requests per second unless the key sets its own; "
+        "bursts of twice as many are allowed",
+    )
+    max_backlog: int = Field(
+        default=100_000, ge=1,
+        description="above this many queued updates, new updates get 503 SERVICE_UNAVAILABLE",
+    )
+    backlog_refresh_seconds: float = Field(
+        default=0.2, gt=0, le=5,
+        description="how often a gateway process re-reads the queue lengths behind max_backlog",
+    )
     max_retries: int = Field(default=8, ge=0, description="transient-failure retries per update")
     retry_backoff_max_seconds: int = Field(default=60, ge=1)
     visibility_timeout_seconds: int = Field(
@@ -61,7 +73,24 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="auto: JSON lines unless stderr is a terminal"
     )
+    worker_metrics_port: int = Field(
+        default=9808, ge=0, le=65535,
+        description="port of a worker's Prometheus metrics (0: not served); one per worker host",
+    )
+    worker_metrics_address: str = Field(
+        default="127.0.0.1", description="address the worker's metrics port listens on"
+    )
+    graceful_shutdown_seconds: int = Field(
+        default=30, ge=1, le=600,
+        description="how long a stopping gateway lets requests in flight finish",
+    )
     instance_name: str = Field(default_factory=socket.gethostname)
+    api_url: str = Field(
+        default="http://127.0.0.1:8000", description="the gateway `contactsync import` sends to"
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="the API key `contactsync import` sends (a secret)"
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -80,7 +80,9 @@ class Process:
 def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
     """Return the environment for a gateway or worker under test."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTSYNC_")}
-    env.update({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"})
+    env.update({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1",
+                # Tests that scrape worker metrics set a free port of their own.
+                "CONTACTSYNC_WORKER_METRICS_PORT": "0"})
     env.update(extra)
     return env
 

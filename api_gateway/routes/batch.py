@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from api_gateway.auth import require
+from api_gateway.backlog import AcceptingUpdates
 from api_gateway.body import read_json
 from api_gateway.responses import JSONResponse, error_responses, ok
 from api_gateway.state import GatewayDep
@@ -63,7 +64,9 @@ def _check_envelope(body: Any) -> list[Any]:
     }}}},
     responses={202: {"model": BatchEnvelope}, **error_responses(400, 403, 413, 415)},
 )
-async def batch_update(request: Request, principal: Writer, gateway: GatewayDep) -> JSONResponse:
+async def batch_update(
+    request: Request, principal: Writer, accepting: AcceptingUpdates, gateway: GatewayDep
+) -> JSONResponse:
     """Queue up to 1,000 updates; each item is accepted or rejected on its own."""
     items = _check_envelope(await read_json(request, limit=MAX_BATCH_BODY_BYTES))
     results: list[dict[str, Any] | None] = [None] * len(items)

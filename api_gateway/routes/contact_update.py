@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel
 
 from api_gateway.auth import require
+from api_gateway.backlog import AcceptingUpdates
 from api_gateway.body import read_json
 from api_gateway.metrics import ENQUEUE_SECONDS, WAIT_OUTCOMES
 from api_gateway.responses import JSONResponse, error_responses
@@ -36,6 +38,10 @@ router = APIRouter(prefix="/external/v1", tags=["contacts"])
 
 Writer = Annotated[Principal, Depends(require("contacts:write"))]
 _MAX_IDEMPOTENCY_KEY = 255
+# Visible ASCII, spaces inside only: what survives every proxy and HTTP parser unchanged.
+_IDEMPOTENCY_KEY_PATTERN = "^[!-~]([ -~]*[!-~])?$"
+_IDEMPOTENCY_KEY = re.compile(_IDEMPOTENCY_KEY_PATTERN)
+_IDEMPOTENCY_HELP = "1 to 255 visible ASCII characters; same key and body within 24 h, same answer"
 
 
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -69,7 +75,10 @@ def _replay(record: dict[str, Any], idem: Idempotency) -> JSONResponse:
     openapi_extra=body_schema(ContactUpdate),
     responses={
         200: {"model": ContactEnvelope, "description": "The update was applied."},
-        202: {"model": UpdateRecordEnvelope, "description": "Accepted; it applies shortly."},
+        202: {
+            "model": UpdateRecordEnvelope,
+            "description": "Accepted; it applies shortly (`Location` names its status).",
+        },
         **error_responses(400, 403, 404, 409, 413, 415, 422),
     },
 )
@@ -77,9 +86,14 @@ async def update_contact(
     contact_id: str,
     request: Request,
     principal: Writer,
+    accepting: AcceptingUpdates,
     gateway: GatewayDep,
-    prefer: Annotated[str | None, Header()] = None,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    prefer: Annotated[str | None, Header(description="`respond-async`: answer 202 at once")] = None,
+    idempotency_key: Annotated[str | None, Header(
+        description=_IDEMPOTENCY_HELP,
+        json_schema_extra={"minLength": 1, "maxLength": _MAX_IDEMPOTENCY_KEY,
+                           "pattern": _IDEMPOTENCY_KEY_PATTERN},
+    )] = None,
 ) -> JSONResponse:
     """Update a contact: only the fields sent change; tags are replaced, custom fields merged."""
     body = await read_json(request)
@@ -88,8 +102,11 @@ async def update_contact(
         raise NotFound("Contact not found.")
     idem = None
     if idempotency_key is not None:
-        if not 1 <= len(idempotency_key) <= _MAX_IDEMPOTENCY_KEY:
-            raise ValidationFailed({"Idempotency-Key": "must be 1 to 255 characters"})
+        if len(idempotency_key) > _MAX_IDEMPOTENCY_KEY or not _IDEMPOTENCY_KEY.match(
+            idempotency_key
+        ):
+            message = "must be " + _IDEMPOTENCY_HELP.split(";")[0]
+            raise ValidationFailed({"Idempotency-Key": message})
         idem = Idempotency.of(idempotency_key, "PUT", request.url.path, body)
     respond_async = _wants_async(prefer)
     update_id = new_update_id()

@@ -18,6 +18,7 @@ from contactsync.contacts import contact_to_dict, create_contact, delete_contact
 from contactsync.errors import NotFound, ValidationFailed
 from contactsync.keys import Principal
 from contactsync.schemas import (
+    CONTACT_ID_PATTERN,
     SOURCES,
     ContactCreate,
     ContactEnvelope,
@@ -34,6 +35,19 @@ Reader = Annotated[Principal, Depends(require("contacts:read"))]
 Deleter = Annotated[Principal, Depends(require("contacts:delete"))]
 _TAGS_HELP = "comma-separated; a contact must have every one"
 _CURSOR_HELP = "next_cursor of the previous page (created_at order only)"
+NO_NUL = "^[^\\u0000]*$"  # PostgreSQL text cannot hold NUL: refuse it as a 400, not a 500
+_SINCE_HELP = "RFC 3339 date-time with its offset, like 2024-01-15T10:30:00Z"
+
+
+def _instant(text: str) -> datetime:
+    """Parse an RFC 3339 date-time; a time without its offset is ambiguous, so refused."""
+    try:
+        value = datetime.fromisoformat(text.upper())
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None or "T" not in text.upper():
+        raise ValidationFailed({"updated_since": f"must be an RFC 3339 date-time ({_SINCE_HELP})"})
+    return as_utc(value)
 
 
 @router.get(
@@ -43,6 +57,8 @@ _CURSOR_HELP = "next_cursor of the previous page (created_at order only)"
 )
 async def read_contact(contact_id: str, principal: Reader, gateway: GatewayDep) -> JSONResponse:
     """Return one contact of the caller's account."""
+    if not CONTACT_ID_PATTERN.match(contact_id):
+        raise NotFound("Contact not found.")  # before the database: NUL, huge, ...
 
     def load() -> dict[str, Any] | None:
         with gateway.db.reading() as session:
@@ -65,20 +81,26 @@ async def list_all(
     gateway: GatewayDep,
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    search: Annotated[str | None, Query(max_length=200)] = None,
-    company: Annotated[str | None, Query(max_length=200)] = None,
-    email: Annotated[str | None, Query(max_length=254)] = None,
+    search: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
+    company: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
+    email: Annotated[str | None, Query(max_length=254, pattern=NO_NUL)] = None,
     source: Literal["linkedin", "csv", "crm", "api", "manual", "other"] | None = None,
-    tags: Annotated[str | None, Query(max_length=2000, description=_TAGS_HELP)] = None,
+    tags: Annotated[
+        str | None, Query(max_length=2000, pattern=NO_NUL, description=_TAGS_HELP)
+    ] = None,
     sort_by: SortKey = "created_at",
     sort_order: Literal["asc", "desc"] = "desc",
-    updated_since: Annotated[datetime | None, Query(description="ISO 8601")] = None,
-    cursor: Annotated[str | None, Query(max_length=500, description=_CURSOR_HELP)] = None,
+    updated_since: Annotated[
+        str | None, Query(description=_SINCE_HELP, json_schema_extra={"format": "date-time"})
+    ] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=500, pattern=NO_NUL, description=_CURSOR_HELP)
+    ] = None,
 ) -> JSONResponse:
     """List the caller's contacts: filters, pages, and a stable cursor for sync jobs."""
     assert source is None or source in SOURCES
     wanted_tags = tuple(t.strip() for t in (tags or "").split(",") if t.strip())
-    since = as_utc(updated_since) if updated_since is not None else None
+    since = _instant(updated_since) if updated_since is not None else None
     query = ContactFilter(
         principal.account_id, search, company, email, source, wanted_tags, since
     )
@@ -133,6 +155,8 @@ async def create(request: Request, principal: Writer, gateway: GatewayDep) -> JS
 )
 async def delete(contact_id: str, principal: Deleter, gateway: GatewayDep) -> JSONResponse:
     """Delete a contact; emits `contact.deleted`, and its queued updates end `not_found`."""
+    if not CONTACT_ID_PATTERN.match(contact_id):
+        raise NotFound("Contact not found.")
 
     def remove() -> bool:
         with gateway.db.unit_of_work() as session:

@@ -6,11 +6,12 @@ import asyncio
 
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.errors import error_response
+from api_gateway.metrics import exposition
 from api_gateway.responses import JSONResponse
 from api_gateway.state import GatewayDep
 
@@ -49,4 +50,4 @@ async def readyz(gateway: GatewayDep) -> JSONResponse:
 @router.get("/metrics", response_model=None, response_class=PlainTextResponse)
 async def metrics() -> Response:
     """Return Prometheus metrics in the text format."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

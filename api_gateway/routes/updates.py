@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -17,6 +18,8 @@ from contactsync.models import UpdateRecord
 from contactsync.schemas import UpdateRecordEnvelope
 from contactsync.timeutil import isoformat
 from contactsync.updates import AcceptedUpdate
+
+UPDATE_ID = re.compile(r"^upd_[A-Za-z0-9]{1,64}$")
 
 router = APIRouter(prefix="/external/v1", tags=["updates"])
 
@@ -43,6 +46,8 @@ def record_to_dict(record: UpdateRecord) -> dict[str, Any]:
 )
 async def read_update(update_id: str, principal: Reader, gateway: GatewayDep) -> JSONResponse:
     """Return the status of one accepted update."""
+    if not UPDATE_ID.match(update_id):
+        raise NotFound("Update not found.")  # before Redis and the database
     # Redis first: a worker records the update in the database before dropping its body.
     raw = await gateway.redis.get(names.update_body_key(update_id))
     if raw is not None:

@@ -4,20 +4,40 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 
 from contactsync import names
+from contactsync.logs import configure
+from contactsync.metrics_dir import make_metrics_dir
 from contactsync.settings import get_settings
+
+FLOWER_TASKS_COLUMNS = "name,state,args,received,started,runtime,retries,worker"
 
 
 def gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = get_settings()
-    uvicorn.run(
-        "api_gateway.app:create_app", factory=True, host=args.host, port=args.port,
-        workers=args.workers, log_level=settings.log_level.lower(), access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    configure(settings)
+    metrics_dir = None
+    if args.workers > 1:
+        # Each process counts its own requests: prometheus-client's multiprocess mode has them
+        # write to files here, which any process's /metrics sums. The processes are spawned
+        # (fresh interpreters), so they all start in that mode.
+        metrics_dir = make_metrics_dir("gateway")
+    try:
+        uvicorn.run(
+            "api_gateway.app:create_app", factory=True, host=args.host, port=args.port,
+            workers=args.workers, log_level=settings.log_level.lower(), access_log=False,
+            # Ours, not uvicorn's: its records go to contactsync's handler (JSON or text).
+            log_config=None,
+            # On SIGTERM, requests in flight (a default-mode PUT waiting for its worker
+            # included) get their answers before the process exits.
+            timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -40,6 +60,9 @@ def flower(args: argparse.Namespace) -> int:
     # Flower reads FLOWER_* variables; passing the credentials this way keeps them out of `ps`.
     os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
     os.environ.setdefault("FLOWER_PURGE_OFFLINE_WORKERS", "60")
+    # The args column holds each task's argsrepr: contact ids, update ids and the changed
+    # fields' names (never their values), which is what an operator looks for.
+    os.environ.setdefault("FLOWER_TASKS_COLUMNS", FLOWER_TASKS_COLUMNS)
     app.start(["flower", f"--port={args.port}", f"--address={args.address}"])
     return 0
 

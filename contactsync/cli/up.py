@@ -120,12 +120,18 @@ def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: flo
     raise CliError(f"the gateway did not become ready at {url}")
 
 
-def _banner(gateway_url: str, flower_url: str, key: str, flower_auth: str) -> str:
-    user = flower_auth.split(":", 1)[0]
+def _banner(gateway_url: str, flower_url: str, key: str, settings: Settings) -> str:
+    # Printed for the person at this terminal, as the API key is: it is their local setup.
+    user, password = settings.flower_basic_auth.split(":", 1)
+    metrics = f"{gateway_url}/metrics"
+    if settings.worker_metrics_port:
+        worker = f"http://{settings.worker_metrics_address}:{settings.worker_metrics_port}"
+        metrics += f" and {worker}/metrics"
     return f"""
 contactsync is up.
   gateway   {gateway_url}   (OpenAPI: {gateway_url}/docs)
-  flower    {flower_url}   (user {user!r}, password from CONTACTSYNC_FLOWER_BASIC_AUTH)
+  flower    {flower_url}   (user: {user}  password: {password})
+  metrics   {metrics}
   API key   {key}
 
 Try the seed's example:
@@ -165,8 +171,8 @@ def run(gateway_port: int, flower_port: int) -> int:
         processes.append(_spawn(["flower", "--port", str(flower_port)], env))
         gateway_url = f"http://127.0.0.1:{gateway_port}"
         _wait_ready(f"{gateway_url}/readyz", processes)
-        print(_banner(gateway_url, f"http://127.0.0.1:{flower_port}", key,
-                      settings.flower_basic_auth), flush=True)
+        print(_banner(gateway_url, f"http://127.0.0.1:{flower_port}", key, settings),
+              flush=True)
         _wait_for_exit(processes)
         return 0
     finally:

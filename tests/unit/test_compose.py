@@ -61,3 +61,36 @@ def test_env_example_covers_every_variable_compose_needs() -> None:
     defined = set(re.findall(r"^([A-Z_]+)=", example, re.M))
     needed = set(re.findall(r"\$\{([A-Z_]+)\}", (ROOT / "docker-compose.yml").read_text()))
     assert needed <= defined
+
+
+def _seconds(text: str) -> float:
+    match = re.fullmatch(r"(\d+)s", text)
+    assert match, text
+    return float(match.group(1))
+
+
+def test_stopping_leaves_time_to_drain() -> None:
+    drain = Settings.model_fields["graceful_shutdown_seconds"].default
+    # Docker sends SIGTERM, then SIGKILL after stop_grace_period (10 s unless set).
+    assert _seconds(SERVICES["gateway"]["stop_grace_period"]) > drain
+    assert _seconds(SERVICES["worker"]["stop_grace_period"]) >= 30
+
+
+def test_every_long_running_service_restarts_and_checks_its_health() -> None:
+    for name in ("redis", "postgres", "gateway", "worker", "flower"):
+        assert SERVICES[name]["restart"] == "unless-stopped", name
+    ping = SERVICES["worker"]["healthcheck"]["test"]
+    assert ping[0] == "CMD-SHELL"
+    # $$ is compose's escaped $: the shell in the container reads its own HOSTNAME, which is
+    # the worker's default node name (celery@<hostname>).
+    assert "celery -A worker.app inspect ping -d celery@$$HOSTNAME" in ping[1]
+
+
+def test_worker_metrics_are_reachable_without_publishing_a_port() -> None:
+    worker = SERVICES["worker"]
+    port = worker["environment"]["CONTACTSYNC_WORKER_METRICS_PORT"]
+    assert worker["environment"]["CONTACTSYNC_WORKER_METRICS_ADDRESS"] == "0.0.0.0"
+    assert worker["expose"] == [port]
+    assert "ports" not in worker
+    for name in APP_SERVICES:  # machines read the logs: one JSON object a line
+        assert SERVICES[name]["environment"]["CONTACTSYNC_LOG_FORMAT"] == "json", name

@@ -1,0 +1,90 @@
+"""Bad messages: what the apply task checks before it trusts a task message or a stored body.
+
+The gateway only queues what it validated, so these checks meet only corruption, version skew
+or a hand-pushed message. Each refusal is logged once with its reason (ids and field names,
+never values) and never retried: retrying cannot fix a malformed message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import orjson
+
+from contactsync import names
+from contactsync.schemas import CONTACT_ID_PATTERN, STRING_FIELDS
+from contactsync.updates import AcceptedUpdate
+
+log = logging.getLogger("contactsync.worker")
+
+UPDATE_ID = re.compile(r"^upd_[A-Za-z0-9]{1,64}$")
+MAX_IDS_PER_MESSAGE = 10_000
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "update_id": str, "account_id": str, "contact_id": str, "seq": int, "received_at": str,
+    "patch": dict, "queue": str, "reply_to": (str, type(None)),
+}
+_QUEUES = (names.UPDATES_QUEUE, names.BULK_QUEUE)
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class BadMessage(ValueError):
+    """A message or stored body that cannot be applied; its text is safe to log."""
+
+
+def checked_update_ids(update_ids: object) -> list[str]:
+    """Return the well-formed update ids of a task's argument; log what is refused."""
+    if not isinstance(update_ids, list):
+        log.error("rejected task message: its argument is a %s, not a list of update ids",
+                  type(update_ids).__name__)
+        return []
+    if len(update_ids) > MAX_IDS_PER_MESSAGE:
+        log.error("rejected task message: %d update ids, at most %d", len(update_ids),
+                  MAX_IDS_PER_MESSAGE)
+        return []
+    good = [i for i in update_ids if isinstance(i, str) and UPDATE_ID.match(i)]
+    if len(good) < len(update_ids):
+        log.error("rejected %d malformed update ids in a task message",
+                  len(update_ids) - len(good))
+    return good
+
+
+def parse_stored_update(raw: bytes | str) -> AcceptedUpdate:
+    """Return the stored body of an accepted update, or raise `BadMessage` saying why."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadMessage("the stored body is not JSON") from None
+    if not isinstance(data, dict):
+        raise BadMessage("the stored body is not an object")
+    for name, kind in _FIELDS.items():
+        if name not in data and name != "reply_to":
+            raise BadMessage(f"the stored body has no {name!r}")
+        if name in data and (not isinstance(data[name], kind) or isinstance(data[name], bool)):
+            raise BadMessage(f"the stored body's {name!r} has the wrong type")
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise BadMessage(f"the stored body has unknown fields ({', '.join(unknown[:5])})")
+    if not UPDATE_ID.match(data["update_id"]) or not CONTACT_ID_PATTERN.match(data["contact_id"]):
+        raise BadMessage("the stored body's ids are malformed")
+    if data["queue"] not in _QUEUES:
+        raise BadMessage("the stored body names an unknown queue")
+    _check_patch(data["patch"])
+    return AcceptedUpdate(**data)
+
+
+def _check_patch(patch: dict[str, Any]) -> None:
+    for field, value in patch.items():
+        if field in STRING_FIELDS:
+            ok = isinstance(value, str) or (value is None and field != "name")
+        elif field == "tags":
+            ok = isinstance(value, list) and all(isinstance(t, str) for t in value)
+        elif field == "custom_fields":
+            ok = isinstance(value, dict) and all(
+                isinstance(k, str) and isinstance(v, _SCALARS) for k, v in value.items()
+            )
+        else:
+            raise BadMessage(f"the patch has an unknown field ({field[:64]!r})")
+        if not ok:
+            raise BadMessage(f"the patch's {field!r} has the wrong type")
