@@ -33,6 +33,7 @@ IN_FLIGHT_SECONDS = 120
 # kombu's Redis transport keeps a message it handed to a worker here until it is acknowledged.
 UNACKED_KEY = "unacked"
 REQUEUE_BATCH = 200  # most updates in one task message queued again
+MAX_SCAN_MESSAGES = 10_000  # above this many messages waiting, no look for lost ones
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,8 @@ def _ids_named(envelope: Any) -> list[str]:
 
 
 def requeue_orphans(
-    redis: SyncRedis, *, older_than_seconds: float, origin: str, limit: int = 5000
+    redis: SyncRedis, *, older_than_seconds: float, origin: str, limit: int = 5000,
+    max_scan: int = MAX_SCAN_MESSAGES,
 ) -> list[str]:
     """Queue again every pending update that no task message names any more; return their ids.
 
@@ -210,7 +212,9 @@ def requeue_orphans(
     visibility timeout brings it back. Its update is still pending, body and all, so an update
     pending for longer than `older_than_seconds` that no message names, in a queue or in
     `unacked`, gets a new message. A message queued twice by a race is harmless: applying is
-    idempotent.
+    idempotent. While the queues hold more than `max_scan` messages nothing is done: in a
+    backlog, old pending updates are most likely just waiting their turn, and reading every
+    message would cost more than waiting for the backlog to shrink.
     """
     seconds, micros = redis.time()
     now = seconds * 1_000_000 + micros
@@ -221,10 +225,17 @@ def requeue_orphans(
     candidates = [i.decode() for i in found]
     if not candidates:
         return []
+    keys = [key for queue in (names.UPDATES_QUEUE, names.BULK_QUEUE)
+            for key in _priority_lists(queue)]
+    with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.llen(key)
+        pipe.hlen(UNACKED_KEY)
+        if sum(pipe.execute()) > max_scan:
+            return []
     with redis.pipeline(transaction=True) as pipe:  # one snapshot of every message
-        for queue in (names.UPDATES_QUEUE, names.BULK_QUEUE):
-            for key in _priority_lists(queue):
-                pipe.lrange(key, 0, -1)
+        for key in keys:
+            pipe.lrange(key, 0, -1)
         pipe.hvals(UNACKED_KEY)
         *lists, unacked = pipe.execute()
     named: set[str] = set()

@@ -28,6 +28,10 @@ def transport_options(settings: Settings) -> dict[str, object]:
         # by default): 100 s on top of any visibility timeout.
         "unacked_restore_interval": sweep_interval(settings),
         "unacked_restore_throttle": 1,
+        # Each sweep holds a lock key, 300 s by default: a worker killed during a sweep would
+        # leave it behind and stop every restore for five minutes. A sweep takes milliseconds,
+        # and two at once are harmless (each restore is a transaction on the message).
+        "unacked_mutex_expire": sweep_interval(settings),
     }
 
 

@@ -10,6 +10,7 @@ import time
 
 import orjson
 import pytest
+from kombu.transport.redis import Channel as KombuChannel
 from redis.asyncio import Redis as AsyncRedis
 
 from contactsync import names
@@ -24,6 +25,7 @@ from tests.faults.reads import put_async, row_locked, status_of
 from tests.faults.services import Stack, Tenant
 from tests.integration.apply_support import ORIGIN, accepted, push
 from tests.support import free_port, wait_until
+from worker.app import transport_options
 
 VISIBILITY = 10  # CONTACTSYNC_VISIBILITY_TIMEOUT_SECONDS of every fault stack
 
@@ -57,7 +59,7 @@ def test_a_killed_workers_message_is_back_soon_after_the_visibility_timeout(
         wait_until(lambda: status_of(faults_db, update.update_id) == "applied",
                    timeout=VISIBILITY + 20, interval=0.1)
         assert time.monotonic() - killed_at < VISIBILITY + 8
-        assert redis.hlen("unacked") == 0
+        wait_until(lambda: redis.hlen("unacked") == 0, timeout=5)  # acknowledged after commit
     finally:
         redis.close()
 
@@ -106,6 +108,8 @@ def test_only_pending_updates_no_message_names_are_queued_again(
         in_worker = orjson.loads(task_message(names.UPDATES_QUEUE, [held], ORIGIN))
         redis.hset("unacked", "tag-1", orjson.dumps([in_worker, "", names.UPDATES_QUEUE]))
 
+        # A backlog (here: over one message) is left alone: its updates are likely queued.
+        assert requeue_orphans(redis, older_than_seconds=0, origin=ORIGIN, max_scan=1) == []
         assert requeue_orphans(redis, older_than_seconds=0, origin=ORIGIN) == [lost.update_id]
         messages = redis.lrange(names.UPDATES_QUEUE, 0, -1)
         assert len(messages) == 2
@@ -251,9 +255,44 @@ def test_a_sweep_lock_left_by_a_killed_worker_does_not_hold_back_restores(
         tag = message["properties"]["delivery_tag"]
         redis.hset("unacked", tag, orjson.dumps([message, "", names.UPDATES_QUEUE]))
         redis.zadd("unacked_index", {tag: time.time() - 60})
-        redis.set("unacked_mutex", "held-by-the-dead-worker", ex=300)
+        options = transport_options(Settings(visibility_timeout_seconds=VISIBILITY))
+        expire = options.get("unacked_mutex_expire", KombuChannel.unacked_mutex_expire)
+        redis.set("unacked_mutex", "held-by-the-dead-worker", ex=int(str(expire)))
         stack.start_worker("w1")
         wait_until(lambda: status_of(faults_db, update.update_id) == "applied",
                    timeout=VISIBILITY + 20, interval=0.2)
+    finally:
+        redis.close()
+
+
+def test_a_worker_holding_messages_survives_redis_dying_under_it(
+    fault_stack: Stack, faults_db: Database, tenant: Tenant
+) -> None:
+    # Celery 5.7 collects the connection it lost and then closes its channel, which restores
+    # the messages the worker holds; tasks still running acknowledge on that channel later.
+    # Both need a client the channel can no longer make: kombu raised AttributeError and the
+    # worker stopped for good ("Unrecoverable error"), with no one to restart it.
+    stack = fault_stack
+    base_url = stack.start_gateway("g1")
+    stack.start_worker("w1")
+    stack.wait_gateways()
+    stack.wait_workers()
+    contact_id = tenant.contact_ids[0]
+    redis = stack.client()
+    try:
+        with row_locked(faults_db, contact_id):  # two pool processes wait inside tasks
+            ids = [put_async(base_url, tenant.key, contact_id, {"company": f"C{i}"})
+                   for i in range(3)]
+            wait_until(lambda: redis.hlen("unacked") == 3, timeout=15, interval=0.05)
+            time.sleep(0.3)
+            stack.redis.kill()
+        time.sleep(1.5)  # the tasks finish, and acknowledge, while Redis is down
+        stack.redis.start()
+
+        def all_finished() -> bool:
+            return all(status_of(faults_db, u) in ("applied", "noop") for u in ids)
+
+        wait_until(all_finished, timeout=VISIBILITY + 25, interval=0.2)
+        assert stack.workers["w1"].popen.poll() is None  # still running: it reconnected
     finally:
         redis.close()
