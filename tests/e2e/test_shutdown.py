@@ -58,7 +58,10 @@ def test_sigterm_lets_the_gateway_answer_a_put_in_flight(
     tenant = make_tenant(db, "drain")
     contact_id = make_contact(db, tenant.account_id)
     with own_services(
-        settings, tmp_path, concurrency=1, CONTACTSYNC_WORKER_METRICS_PORT="0"
+        settings, tmp_path, concurrency=1, CONTACTSYNC_WORKER_METRICS_PORT="0",
+        # On a busy machine the worker may take longer than the default 5 s wait: the point
+        # here is the drain, so the PUT waits for its answer as long as shutdown allows.
+        CONTACTSYNC_SYNC_WAIT_SECONDS="25",
     ) as services:
         gateway, port = services.gateway, int(services.gateway_url.rsplit(":", 1)[1])
         body = orjson.dumps({"position": "Drained"})
