@@ -90,7 +90,8 @@ def test_sigterm_lets_the_gateway_answer_a_put_in_flight(
         assert status == 200, answer
         assert orjson.loads(answer)["data"]["position"] == "Drained"  # applied, then answered
         # uvicorn re-raises the signal once drained, so the exit reads as by SIGTERM.
-        assert gateway.popen.wait(30) in (0, -signal.SIGTERM)
+        # It exits by itself within its graceful-shutdown budget (30 s) plus a margin.
+        assert gateway.popen.wait(45) in (0, -signal.SIGTERM)
 
 
 def test_sigterm_mid_drain_finishes_held_tasks_and_applies_everything_once(
