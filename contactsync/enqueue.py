@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -203,7 +204,7 @@ def _ids_named(envelope: Any) -> list[str]:
 
 def requeue_orphans(
     redis: SyncRedis, *, older_than_seconds: float, origin: str, limit: int = 5000,
-    max_scan: int = MAX_SCAN_MESSAGES,
+    max_scan: int = MAX_SCAN_MESSAGES, recheck_seconds: float = 0.5,
 ) -> list[str]:
     """Queue again every pending update that no task message names any more; return their ids.
 
@@ -233,18 +234,12 @@ def requeue_orphans(
         pipe.hlen(UNACKED_KEY)
         if sum(pipe.execute()) > max_scan:
             return []
-    with redis.pipeline(transaction=True) as pipe:  # one snapshot of every message
-        for key in keys:
-            pipe.lrange(key, 0, -1)
-        pipe.hvals(UNACKED_KEY)
-        *lists, unacked = pipe.execute()
-    named: set[str] = set()
-    for raw in (m for messages in lists for m in messages):
-        named.update(_ids_named(_loads(raw)))
-    for raw in unacked:  # kombu stores [message, exchange, routing key]
-        entry = _loads(raw)
-        named.update(_ids_named(entry[0] if isinstance(entry, list) and entry else None))
-    orphans = [i for i in candidates if i not in named]
+    orphans = _not_named(redis, keys, candidates)
+    if orphans and recheck_seconds:
+        # A message being delivered is in neither place for a few milliseconds (between the
+        # BRPOP and the HSET): only what is still not named a moment later is lost.
+        time.sleep(recheck_seconds)
+        orphans = _not_named(redis, keys, orphans)
     if not orphans:
         return []
     updates, finished = [], []
@@ -263,6 +258,22 @@ def requeue_orphans(
             pipe.lpush(queue_list_key(queue), message)
         pipe.execute()
     return [u.update_id for u in updates]
+
+
+def _not_named(redis: SyncRedis, keys: list[str], update_ids: list[str]) -> list[str]:
+    """Return those of `update_ids` that no message in `keys` or in `unacked` names."""
+    with redis.pipeline(transaction=True) as pipe:  # one snapshot of every message
+        for key in keys:
+            pipe.lrange(key, 0, -1)
+        pipe.hvals(UNACKED_KEY)
+        *lists, unacked = pipe.execute()
+    named: set[str] = set()
+    for raw in (m for messages in lists for m in messages):
+        named.update(_ids_named(_loads(raw)))
+    for raw in unacked:  # kombu stores [message, exchange, routing key]
+        entry = _loads(raw)
+        named.update(_ids_named(entry[0] if isinstance(entry, list) and entry else None))
+    return [i for i in update_ids if i not in named]
 
 
 def _loads(raw: bytes) -> Any:

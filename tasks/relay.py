@@ -64,8 +64,9 @@ def requeue_lost(redis: Redis, settings: Settings) -> int:
             redis, older_than_seconds=settings.visibility_timeout_seconds,
             origin=f"relay@{settings.instance_name}:{os.getpid()}",
         )
-    except Exception:
-        log.warning("looking for lost task messages failed; will retry", exc_info=True)
+    except Exception as exc:  # Redis is down, most likely: the relay pass says so already
+        log.warning("looking for lost task messages failed (%s); will retry",
+                    type(exc).__name__)
         return 0
     if update_ids:
         log.warning("queued %d updates again, their task message was lost: %s",

@@ -1,8 +1,10 @@
-"""kombu's Redis transport, made to drop a message it cannot decode instead of dying.
+"""kombu's Redis transport, made to survive two things stock kombu stops the worker for.
 
-Stock kombu lets a queue entry that is not a JSON envelope (or whose body is not valid
-base64) escape from its event loop, and the worker stops with an unrecoverable error. Such
-an entry was not written by our gateway or by Celery; it is logged and skipped.
+A queue entry that is not a JSON envelope (or whose body is not valid base64) escapes from
+kombu's event loop, and the worker stops with an unrecoverable error. Such an entry was not
+written by our gateway or by Celery; it is logged and skipped (`Channel`).
+
+A connection lost while the worker holds messages: see `QoS`.
 """
 
 from __future__ import annotations

@@ -130,6 +130,10 @@ class Load:
         deadline = time.monotonic() + (timeout if timeout is not None else self.max_seconds)
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop every client after its request in flight."""
         self._stop.set()
         for thread in self._threads:
             thread.join(CLIENT_TIMEOUT + 5)

@@ -97,10 +97,13 @@ def run_scenario(
             )
             run = Run(stack, load, [])
             load.start()
-            load.wait_sent(int(size.updates * size.fault_at))
-            fault(run)
-            mark = load.log.count()
-            load.join()
+            try:
+                load.wait_sent(int(size.updates * size.fault_at))
+                fault(run)
+                mark = load.log.count()
+                load.join()
+            finally:
+                load.stop()  # at once, should the fault step have failed
             for step in run.after_load:
                 step()
             redis = stack.client()

@@ -20,6 +20,7 @@ from tests.faults.scenarios import QUICK, SCENARIOS, Scenario, table
 RESTART_POSTGRES = bool(os.environ.get("CI") or os.environ.get("CONTACTSYNC_FAULTS_PG_RESTART"))
 
 
+@pytest.mark.timeout(300)  # about 20 s each; the drain may wait up to 90 s on a busy machine
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_every_accepted_update_is_applied_once(
     scenario: Scenario, faults_database_url: str, tmp_path: Path
