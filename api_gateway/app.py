@@ -12,9 +12,9 @@ from redis.asyncio import Redis
 from api_gateway import errors, openapi
 from api_gateway.auth import KeyCache
 from api_gateway.backlog import BacklogGauge
-from api_gateway.metrics import MetricsMiddleware
+from api_gateway.edge import Edge
 from api_gateway.publisher import Publisher
-from api_gateway.ratelimit import RateLimiter, RateLimitHeaders
+from api_gateway.ratelimit import RateLimiter
 from api_gateway.responses import JSONResponse
 from api_gateway.routes import batch, contact_update, contacts, health, updates
 from api_gateway.state import Gateway
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         publisher = Publisher(
             enqueuer, linger_seconds=settings.publish_linger_ms / 1000,
+            wait_linger_seconds=settings.publish_wait_linger_ms / 1000,
             max_batch=settings.publish_max_batch,
         )
         waiter = ResultWaiter(redis)
@@ -79,8 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     openapi.install(app)
-    app.add_middleware(RateLimitHeaders)  # outside the error mapping: errors carry them too
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(Edge)
     app.include_router(batch.router)
     app.include_router(contact_update.router)
     app.include_router(contacts.router)

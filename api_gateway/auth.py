@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -28,6 +29,7 @@ class KeyCache:
         self._db = db
         self._ttl = ttl
         self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._loading: dict[str, asyncio.Future[Principal | None]] = {}
 
     async def lookup(self, secret: str) -> Principal | None:
         digest = hash_api_key(secret)
@@ -35,7 +37,17 @@ class KeyCache:
         cached = self._entries.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        principal = await run_in_threadpool(self._load, secret)
+        # When an entry runs out under load, every request of that key misses at once: one
+        # of them asks the database, the others wait for its answer.
+        loading = self._loading.get(digest)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        loading = asyncio.ensure_future(run_in_threadpool(self._load, secret))
+        self._loading[digest] = loading
+        try:
+            principal = await asyncio.shield(loading)
+        finally:
+            del self._loading[digest]
         if len(self._entries) > 10_000:
             self._entries.clear()
         self._entries[digest] = (now + self._ttl, principal)
@@ -64,28 +76,33 @@ def presented_key(request: Request) -> str | None:
     return key or bearer or None
 
 
+async def authorize(request: Request, permission: str) -> Principal:
+    """Return who sent the request if its key holds `permission`; spend one rate-limit token."""
+    key = presented_key(request)
+    if key is None:
+        raise MissingApiKey("An API key is required: send it in the X-API-Key header.")
+    principal: Principal | None = None
+    if len(key) <= _MAX_KEY_LENGTH:
+        principal = await request.app.state.gateway.keys.lookup(key)
+    if principal is None:
+        raise InvalidApiKey("The API key is not valid or has been revoked.")
+    # Before the permission check: every request a key makes spends from its bucket.
+    decision = await request.app.state.rate_limiter.take(
+        principal.key_id, principal.rate_limit_per_second
+    )
+    setattr(request.state, STATE_KEY, decision)
+    if not decision.allowed:
+        raise refuse(decision)
+    if permission not in principal.permissions:
+        raise InsufficientPermissions(f"This API key lacks the {permission} permission.")
+    request.state.principal = principal
+    return principal
+
+
 def require(permission: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
     """Return a dependency that admits keys holding `permission`."""
 
     async def dependency(request: Request) -> Principal:
-        key = presented_key(request)
-        if key is None:
-            raise MissingApiKey("An API key is required: send it in the X-API-Key header.")
-        principal: Principal | None = None
-        if len(key) <= _MAX_KEY_LENGTH:
-            principal = await request.app.state.gateway.keys.lookup(key)
-        if principal is None:
-            raise InvalidApiKey("The API key is not valid or has been revoked.")
-        # Before the permission check: every request a key makes spends from its bucket.
-        decision = await request.app.state.rate_limiter.take(
-            principal.key_id, principal.rate_limit_per_second
-        )
-        setattr(request.state, STATE_KEY, decision)
-        if not decision.allowed:
-            raise refuse(decision)
-        if permission not in principal.permissions:
-            raise InsufficientPermissions(f"This API key lacks the {permission} permission.")
-        request.state.principal = principal
-        return principal
+        return await authorize(request, permission)
 
     return dependency

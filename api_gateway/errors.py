@@ -13,7 +13,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_gateway.responses import JSONResponse
 from contactsync.errors import ClientError
@@ -101,7 +100,7 @@ async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _log_internal(exc: BaseException) -> None:
+def log_internal(exc: BaseException) -> None:
     # The exception text may quote personal data (a failed statement's parameters): log the
     # type and where it happened, never the message.
     frames = "".join(traceback.format_tb(exc.__traceback__))
@@ -109,40 +108,8 @@ def _log_internal(exc: BaseException) -> None:
 
 
 async def _internal(_: Request, exc: Exception) -> JSONResponse:
-    _log_internal(exc)
+    log_internal(exc)
     return error_response(500, "INTERNAL_ERROR", "An internal error occurred.")
-
-
-class InternalErrors:
-    """Answer an unexpected exception with the 500 envelope, and keep the connection usable.
-
-    Starlette's own handler for `Exception` answers and then re-raises, so the server drops
-    the keep-alive connection under a response that never said `Connection: close`: the
-    client's next request on it fails. Catching here, inside that handler, ends it cleanly.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except Exception as exc:
-            if started:
-                raise  # too late for an envelope: let the server close the connection
-            _log_internal(exc)
-            response = error_response(500, "INTERNAL_ERROR", "An internal error occurred.")
-            await response(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
@@ -153,4 +120,3 @@ def install(app: FastAPI) -> None:
     for unavailable in (RedisConnectionError, RedisTimeoutError, OperationalError):
         app.add_exception_handler(unavailable, _unavailable)
     app.add_exception_handler(Exception, _internal)  # a backstop for the middleware's own
-    app.add_middleware(InternalErrors)

@@ -1,4 +1,4 @@
-"""The gateway's Prometheus metrics, and the ASGI middleware that counts and logs requests.
+"""The gateway's Prometheus metrics (`api_gateway.edge` counts and logs each request).
 
 Under `contactsync gateway --workers N` every process writes its samples to a directory that
 the command makes (prometheus-client's multiprocess mode), and /metrics sums them all.
@@ -7,12 +7,11 @@ the command makes (prometheus-client's multiprocess mode), and /metrics sums the
 from __future__ import annotations
 
 import logging
-import time
 from functools import lru_cache
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 ACCESS_LOG = logging.getLogger("contactsync.access")
 
@@ -31,40 +30,8 @@ WAIT_OUTCOMES = Counter(
 )
 
 
-class MetricsMiddleware:
-    """Count every request by its route template (never the raw path: ids are unbounded)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = _route_of(scope)
-            elapsed = time.perf_counter() - started
-            REQUESTS.labels(scope["method"], route, str(status)).inc()
-            REQUEST_SECONDS.labels(scope["method"], route).observe(elapsed)
-            if ACCESS_LOG.isEnabledFor(logging.INFO):  # nothing is built when filtered out
-                ACCESS_LOG.info("request", extra={
-                    "method": scope["method"], "route": route, "http_status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                })
-
-
-def _route_of(scope: Scope) -> str:
+def route_of(scope: Scope) -> str:
+    """Return the route template that served a request (never the raw path: ids are unbounded)."""
     route = scope.get("route")
     if route is None and "endpoint" in scope:
         # Routes that are not API routes (the OpenAPI document, the docs) leave no "route"

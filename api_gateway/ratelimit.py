@@ -1,18 +1,19 @@
 """Per-key rate limits: a token bucket in Redis, shared by every gateway process.
 
-One EVALSHA per request: the script refills the bucket from the time elapsed (Redis's own
-clock, so gateways on different machines agree), takes a token if there is one, and answers
-what the `X-RateLimit-*` headers need.
+The script refills each bucket from the time elapsed (Redis's own clock, so gateways on
+different machines agree), takes a token if there is one, and answers what the
+`X-RateLimit-*` headers need. Requests that arrive together share one EVALSHA: under load a
+round trip per request would cost more than everything else the request does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contactsync import names
 from contactsync.errors import RateLimited
@@ -20,37 +21,46 @@ from contactsync.errors import RateLimited
 BURST_FACTOR = 2  # a bucket holds twice the rate: a key may burst to 2 seconds' worth at once
 STATE_KEY = "rate_limit"  # where a request's decision waits for the response headers
 
-# KEYS[1]: the bucket, a hash of `tokens` (may be fractional) and `ts` (microseconds).
-# ARGV[1]: tokens per second; ARGV[2]: bucket size.
-# Returns {allowed 0/1, whole tokens left, microseconds until full, microseconds until a token}.
+# KEYS[i]: a bucket, a hash of `tokens` (may be fractional) and `ts` (microseconds); the same
+# bucket may come several times. ARGV[2i-1]: its tokens per second; ARGV[2i]: its size.
+# Returns, per bucket taken from, {allowed 0/1, whole tokens left, microseconds until full,
+# microseconds until a token}, flattened.
 TOKEN_BUCKET = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
+local result = {}
+for i = 1, #KEYS do
+  local rate = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local state = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
+  local tokens = tonumber(state[1])
+  local ts = tonumber(state[2])
+  if tokens == nil or ts == nil then
+    tokens = burst
+    ts = now
+  end
+  if now > ts then
+    tokens = math.min(burst, tokens + (now - ts) * rate / 1000000)
+    ts = now
+  end
+  local allowed = 0
+  local wait = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+    allowed = 1
+  else
+    wait = math.ceil((1 - tokens) * 1000000 / rate)
+  end
+  local full_in = math.ceil((burst - tokens) * 1000000 / rate)
+  redis.call('HSET', KEYS[i], 'tokens', tostring(tokens), 'ts', string.format('%.0f', ts))
+  redis.call('PEXPIRE', KEYS[i], math.ceil(full_in / 1000) + 1000)
+  local at = 4 * (i - 1)
+  result[at + 1] = allowed
+  result[at + 2] = math.floor(tokens)
+  result[at + 3] = full_in
+  result[at + 4] = wait
 end
-if now > ts then
-  tokens = math.min(burst, tokens + (now - ts) * rate / 1000000)
-  ts = now
-end
-local allowed = 0
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
-else
-  wait = math.ceil((1 - tokens) * 1000000 / rate)
-end
-local full_in = math.ceil((burst - tokens) * 1000000 / rate)
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', string.format('%.0f', ts))
-redis.call('PEXPIRE', KEYS[1], math.ceil(full_in / 1000) + 1000)
-return {allowed, math.floor(tokens), full_in, wait}
+return result
 """
 
 
@@ -78,19 +88,44 @@ class RateLimiter:
     def __init__(self, redis: Redis, default_rate: int) -> None:
         self._script = redis.register_script(TOKEN_BUCKET)
         self._default_rate = default_rate
+        self._pending: list[tuple[str, int, asyncio.Future[RateDecision]]] = []
+        self._taker: asyncio.Task[None] | None = None
 
     async def take(self, key_id: str, rate: int | None) -> RateDecision:
-        """Spend a token of this key's bucket; raise `RateLimited` when it is empty."""
-        rate = rate or self._default_rate
-        burst = rate * BURST_FACTOR
-        key = names.rate_limit_key(key_id)
-        reply: list[Any] = await self._script(keys=[key], args=[rate, burst])
-        allowed, remaining, full_in_us, wait_us = (int(v) for v in reply)
-        return RateDecision(
-            allowed=bool(allowed), limit=burst, remaining=max(remaining, 0),
-            reset_seconds=math.ceil(full_in_us / 1_000_000),
-            retry_after_seconds=max(1, math.ceil(wait_us / 1_000_000)),
-        )
+        """Spend a token of this key's bucket; the decision says whether there was one."""
+        future: asyncio.Future[RateDecision] = asyncio.get_running_loop().create_future()
+        self._pending.append((names.rate_limit_key(key_id), rate or self._default_rate, future))
+        if self._taker is None:
+            self._taker = asyncio.create_task(self._take_pending())
+        return await future
+
+    async def _take_pending(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    reply: list[Any] = await self._script(
+                        keys=[key for key, _, _ in batch],
+                        args=[v for _, rate, _ in batch for v in (rate, rate * BURST_FACTOR)],
+                    )
+                except Exception as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for index, (_, rate, future) in enumerate(batch):
+                    if not future.done():
+                        allowed, remaining, full_in_us, wait_us = (
+                            int(v) for v in reply[4 * index : 4 * index + 4]
+                        )
+                        future.set_result(RateDecision(
+                            allowed=bool(allowed), limit=rate * BURST_FACTOR,
+                            remaining=max(remaining, 0),
+                            reset_seconds=math.ceil(full_in_us / 1_000_000),
+                            retry_after_seconds=max(1, math.ceil(wait_us / 1_000_000)),
+                        ))
+        finally:
+            self._taker = None
 
 
 def refuse(decision: RateDecision) -> RateLimited:
@@ -100,24 +135,3 @@ def refuse(decision: RateDecision) -> RateLimited:
         f"second (bursts of {decision.limit}).",
         retry_after=decision.retry_after_seconds,
     )
-
-
-class RateLimitHeaders:
-    """Add `X-RateLimit-*` to every response of a request whose key took a token."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state: dict[str, Any] = scope.setdefault("state", {})
-
-        async def send_wrapper(message: Message) -> None:
-            decision = state.get(STATE_KEY)
-            if message["type"] == "http.response.start" and decision is not None:
-                message["headers"] = [*message.get("headers", ()), *decision.headers()]
-            await send(message)
-
-        await self.app(scope, receive, send_wrapper)

@@ -8,14 +8,13 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import flag_modified
 
 from contactsync import events
-from contactsync.contacts import contact_to_dict, state_of, store_state
+from contactsync.contacts import contact_to_dict, state_of
 from contactsync.dead_letters import park
-from contactsync.merge import CUSTOM_PREFIX, Change, merge
+from contactsync.merge import SCALAR_FIELDS, Change, ContactState, merge
 from contactsync.models import Contact, OutboxEvent, UpdateRecord
 from contactsync.schemas import MAX_CUSTOM_FIELDS
 from contactsync.timeutil import isoformat, parse_iso
@@ -40,18 +39,38 @@ class Outcome:
         return list(self.changes)
 
 
+@dataclass
+class _Locked:
+    """A contact row locked for the batch, as the updates before the current one left it."""
+
+    account_id: str
+    state: ContactState
+    public: dict[str, Any]  # the seed's shape
+    updated_at: datetime
+    dirty: bool = False
+
+
 def apply_batch(
     session: Session, updates: Sequence[AcceptedUpdate], now: datetime
 ) -> list[Outcome]:
-    """Apply `updates` within the caller's transaction; return one outcome per distinct id."""
+    """Apply `updates` within the caller's transaction; return one outcome per distinct id.
+
+    Core statements, not ORM objects: a batch is a few set-based statements whatever its size
+    (lock, look up records, update contacts, insert records and events), and the ORM's
+    per-object bookkeeping would cost more than the merge itself.
+    """
     unique = list({u.update_id: u for u in updates}.values())
     contact_ids = sorted({u.contact_id for u in unique})
     # Locking in id order keeps two workers with overlapping batches from deadlocking, and
     # holding the locks before reading update_records makes the duplicate check exact.
-    rows = session.scalars(
-        select(Contact).where(Contact.id.in_(contact_ids)).order_by(Contact.id).with_for_update()
+    rows = session.execute(
+        select(CONTACTS).where(CONTACTS.c.id.in_(contact_ids)).order_by(CONTACTS.c.id)
+        .with_for_update()
     ).all()
-    contacts = {row.id: row for row in rows}
+    contacts = {
+        row.id: _Locked(row.account_id, state_of(row), contact_to_dict(row), row.updated_at)
+        for row in rows
+    }
     finished: dict[str, str] = {
         update_id: status
         for update_id, status in session.execute(
@@ -64,20 +83,23 @@ def apply_batch(
     outcomes: list[Outcome] = []
     records: list[dict[str, Any]] = []
     outbox: list[dict[str, Any]] = []
-    for update in sorted(unique, key=lambda u: u.seq):
-        if finished.get(update.update_id) in FINISHED:
-            contact = contacts.get(update.contact_id)
-            current = contact_to_dict(contact) if contact is not None else None
-            status = str(finished[update.update_id])
-            outcomes.append(Outcome(update, status, contact=current, duplicate=True))
+    for accepted in sorted(unique, key=lambda u: u.seq):
+        if finished.get(accepted.update_id) in FINISHED:
+            locked = contacts.get(accepted.contact_id)
+            current = dict(locked.public) if locked is not None else None
+            status = str(finished[accepted.update_id])
+            outcomes.append(Outcome(accepted, status, contact=current, duplicate=True))
             continue
-        outcome = _apply_one(contacts, update, now)
+        outcome = _apply_one(contacts, accepted, now, applied_at)
         outcomes.append(outcome)
-        records.append(_record(update, outcome, now))
+        records.append(_record(accepted, outcome, now))
         if outcome.status == "applied" and outcome.contact is not None:
-            event = events.contact_updated(update, outcome.changes, outcome.contact, applied_at)
+            event = events.contact_updated(accepted, outcome.changes, outcome.contact, applied_at)
             payload = orjson.dumps(event).decode()
             outbox.append({"event_id": event["id"], "payload": payload, "created_at": now})
+    changed = [_row_values(contact_id, c) for contact_id, c in contacts.items() if c.dirty]
+    if changed:
+        session.execute(_UPDATE_CONTACT, changed)
     retried = [r["update_id"] for r in records if r["update_id"] in finished]
     if retried:  # a replayed dead letter replaces its `failed` record
         session.execute(delete(UpdateRecord).where(UpdateRecord.update_id.in_(retried)))
@@ -93,29 +115,49 @@ def apply_batch(
     return outcomes
 
 
+CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
+_UPDATE_CONTACT = (
+    update(CONTACTS).where(CONTACTS.c.id == bindparam("locked_id"))
+    .values({name: bindparam(name) for name in (
+        *SCALAR_FIELDS, "tags", "custom_fields", "field_seqs", "updated_at"
+    )})
+)
+
+
+def _row_values(contact_id: str, locked: _Locked) -> dict[str, Any]:
+    state = locked.state
+    return {
+        "locked_id": contact_id, **state.fields, "tags": list(state.tags),
+        "custom_fields": dict(state.custom_fields), "field_seqs": dict(state.field_seqs),
+        "updated_at": locked.updated_at,
+    }
+
+
 def _apply_one(
-    contacts: dict[str, Contact], update: AcceptedUpdate, now: datetime
+    contacts: dict[str, _Locked], update: AcceptedUpdate, now: datetime, applied_at: str
 ) -> Outcome:
-    contact = contacts.get(update.contact_id)
-    if contact is None or contact.account_id != update.account_id:
+    locked = contacts.get(update.contact_id)
+    if locked is None or locked.account_id != update.account_id:
         error = {"code": "NOT_FOUND", "message": "Contact not found."}
         return Outcome(update, "not_found", error=error)
-    result = merge(state_of(contact), update.patch, update.seq)
+    result = merge(locked.state, update.patch, update.seq)
     if len(result.state.custom_fields) > MAX_CUSTOM_FIELDS:
         error = {
             "code": "VALIDATION_ERROR",
             "message": f"A contact holds at most {MAX_CUSTOM_FIELDS} custom fields.",
         }
-        return Outcome(update, "failed", contact=contact_to_dict(contact), error=error)
-    store_state(contact, result.state)
-    if any(name.startswith(CUSTOM_PREFIX) for name in result.changes):
-        # SQLAlchemy writes a JSON column only if the new value is not == the old one, and
-        # Python has 1 == True == 1.0: a change between those would be reported, not stored.
-        flag_modified(contact, "custom_fields")
+        return Outcome(update, "failed", contact=dict(locked.public), error=error)
+    if result.state != locked.state:  # values, or only the sequences that wrote them
+        locked.state = result.state
+        locked.dirty = True
     if not result.changes:
-        return Outcome(update, "noop", contact=contact_to_dict(contact))
-    contact.updated_at = now
-    return Outcome(update, "applied", result.changes, contact_to_dict(contact))
+        return Outcome(update, "noop", contact=dict(locked.public))
+    locked.updated_at = now
+    locked.public = {
+        **locked.public, **result.state.fields, "tags": list(result.state.tags),
+        "custom_fields": dict(result.state.custom_fields), "updated_at": applied_at,
+    }
+    return Outcome(update, "applied", result.changes, dict(locked.public))
 
 
 def _record(update: AcceptedUpdate, outcome: Outcome, now: datetime) -> dict[str, Any]:

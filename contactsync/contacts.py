@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from contactsync import events
@@ -16,7 +16,7 @@ from contactsync.models import Contact, OutboxEvent
 from contactsync.timeutil import isoformat, utcnow
 
 
-def contact_to_dict(contact: Contact) -> dict[str, Any]:
+def contact_to_dict(contact: Contact | Row[Any]) -> dict[str, Any]:
     """Return the seed's contact shape for a row."""
     return {
         "id": contact.id,
@@ -34,7 +34,7 @@ def contact_to_dict(contact: Contact) -> dict[str, Any]:
     }
 
 
-def state_of(contact: Contact) -> ContactState:
+def state_of(contact: Contact | Row[Any]) -> ContactState:
     """Return the mergeable state of a row."""
     return ContactState(
         fields={
@@ -49,15 +49,6 @@ def state_of(contact: Contact) -> ContactState:
         custom_fields=dict(contact.custom_fields),
         field_seqs=dict(contact.field_seqs),
     )
-
-
-def store_state(contact: Contact, state: ContactState) -> None:
-    """Write a merged state back onto its row."""
-    for name, value in state.fields.items():
-        setattr(contact, name, value)
-    contact.tags = list(state.tags)
-    contact.custom_fields = dict(state.custom_fields)
-    contact.field_seqs = dict(state.field_seqs)
 
 
 def get_contact(session: Session, account_id: str, contact_id: str) -> Contact | None:

@@ -14,14 +14,22 @@ from contactsync.settings import Settings
 _WRITE = "contactsync_write"
 
 
-def make_engine(settings: Settings) -> Engine:
-    """Create an engine; on SQLite, a unit of work takes the write lock when it begins."""
+def make_engine(settings: Settings, lock_timeout_ms: int | None = None) -> Engine:
+    """Create an engine; on SQLite, a unit of work takes the write lock when it begins.
+
+    `lock_timeout_ms` bounds every PostgreSQL lock wait of the engine's sessions (set once per
+    connection: a `SET LOCAL` per transaction would cost a round trip each).
+    """
     url = settings.database_url
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if not settings.is_sqlite:
+        options = {} if lock_timeout_ms is None else {
+            "options": f"-c lock_timeout={int(lock_timeout_ms)}"
+        }
         return create_engine(
-            url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True
+            url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True,
+            connect_args=options,
         )
     # hide_parameters: a statement's values are personal data; errors must not print them.
     engine = create_engine(
@@ -52,9 +60,9 @@ def make_engine(settings: Settings) -> Engine:
 class Database:
     """An engine with its session factory."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, lock_timeout_ms: int | None = None) -> None:
         self.settings = settings
-        self.engine = make_engine(settings)
+        self.engine = make_engine(settings, lock_timeout_ms)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

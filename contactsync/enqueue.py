@@ -159,8 +159,7 @@ class Enqueuer:
 
     async def _store_and_push(self, updates: list[AcceptedUpdate]) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            for update in updates:
-                pipe.set(names.update_body_key(update.update_id), update.to_json())
+            pipe.mset({names.update_body_key(u.update_id): u.to_json() for u in updates})
             # The sequence is the Redis time it was accepted at (or just past it): the score.
             pipe.zadd(names.PENDING_KEY, {u.update_id: u.seq for u in updates})
             for queue, message in self.task_messages(updates):

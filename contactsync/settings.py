@@ -36,6 +36,10 @@ class Settings(BaseSettings):
         default=2.0, ge=0, le=100,
         description="how long the gateway gathers updates into one queue message",
     )
+    publish_wait_linger_ms: float = Field(
+        default=10.0, ge=0, le=100,
+        description="the same, when a default-mode PUT (which waits for the worker) is among them",
+    )
     publish_max_batch: int = Field(
         default=200, ge=1, le=1000, description="most updates in one queue message"
     )

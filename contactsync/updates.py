@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -24,7 +24,11 @@ class AcceptedUpdate:
     reply_to: str | None = None
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps({
+            "update_id": self.update_id, "account_id": self.account_id,
+            "contact_id": self.contact_id, "seq": self.seq, "received_at": self.received_at,
+            "patch": self.patch, "queue": self.queue, "reply_to": self.reply_to,
+        })
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> AcceptedUpdate:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from celery import Task
-from sqlalchemy import text
-from sqlalchemy.orm import Session
 
 from contactsync import names
 from contactsync.apply import Outcome, apply_batch, record_failures
@@ -19,7 +16,7 @@ from contactsync.dead_letters import park
 from contactsync.errors import TransientFailure
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate
-from tasks.retry import LOCK_TIMEOUT_MS, backoff_seconds, is_transient
+from tasks.retry import backoff_seconds, is_transient
 from tasks.runtime import Runtime, get_runtime
 from tasks.validation import BadMessage, checked_update_ids, parse_stored_update
 from worker import metrics as worker_metrics
@@ -99,23 +96,13 @@ def load_updates(runtime: Runtime, update_ids: Sequence[str]) -> list[AcceptedUp
     return updates
 
 
-@contextmanager
-def unit_of_work(runtime: Runtime) -> Iterator[Session]:
-    """Open the worker's transaction; on PostgreSQL a lock wait in it is bounded."""
-    with runtime.db.unit_of_work() as session:
-        if not runtime.settings.is_sqlite:
-            # Without a bound, one row lock held elsewhere would stall this worker's queue.
-            session.execute(text(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}"))
-        yield session
-
-
 def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> BatchResult:
     """Apply all in one transaction; if that fails for good, apply one by one."""
     result = BatchResult()
     if not updates:
         return result
     try:
-        with unit_of_work(runtime) as session:
+        with runtime.db.unit_of_work() as session:
             result.outcomes = apply_batch(session, updates, utcnow())
         return result
     except Exception as exc:
@@ -129,7 +116,7 @@ def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> Batc
         log.warning("batch failed, applying one by one: %s", _describe(exc))
     for update in updates:
         try:
-            with unit_of_work(runtime) as session:
+            with runtime.db.unit_of_work() as session:
                 result.outcomes += apply_batch(session, [update], utcnow())
         except Exception as exc:
             if is_transient(exc):
@@ -190,7 +177,7 @@ def park_failures(
 
 
 def _park(runtime: Runtime, failures: list[tuple[AcceptedUpdate, dict[str, str]]]) -> None:
-    with unit_of_work(runtime) as session:
+    with runtime.db.unit_of_work() as session:
         now = utcnow()
         record_failures(session, failures, now)
         park(session, failures, now)

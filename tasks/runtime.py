@@ -9,6 +9,7 @@ from redis import Redis
 
 from contactsync.db import Database
 from contactsync.settings import Settings, get_settings
+from tasks.retry import LOCK_TIMEOUT_MS
 
 
 @dataclass
@@ -29,7 +30,8 @@ def get_runtime() -> Runtime:
         settings = get_settings()
         _runtime = Runtime(
             settings=settings,
-            db=Database(settings),
+            # Without a bound, one row lock held elsewhere would stall this worker's queue.
+            db=Database(settings, lock_timeout_ms=LOCK_TIMEOUT_MS),
             redis=Redis.from_url(
                 settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
                 health_check_interval=30,
