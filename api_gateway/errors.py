@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import traceback
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -112,11 +113,26 @@ async def _internal(_: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "INTERNAL_ERROR", "An internal error occurred.")
 
 
+_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[JSONResponse]]] = {
+    ClientError: _client_error,
+    HTTPException: _http_error,
+    RequestValidationError: _request_validation,
+    RedisConnectionError: _unavailable,
+    RedisTimeoutError: _unavailable,
+    OperationalError: _unavailable,
+}
+
+
+async def answer(request: Request, exc: Exception) -> JSONResponse | None:
+    """Return the envelope for an expected error, as the app's handlers would; else None."""
+    for kind, handler in _HANDLERS.items():
+        if isinstance(exc, kind):
+            return await handler(request, exc)
+    return None
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into the envelope."""
-    app.add_exception_handler(ClientError, _client_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _request_validation)
-    for unavailable in (RedisConnectionError, RedisTimeoutError, OperationalError):
-        app.add_exception_handler(unavailable, _unavailable)
+    for kind, handler in _HANDLERS.items():
+        app.add_exception_handler(kind, handler)
     app.add_exception_handler(Exception, _internal)  # a backstop for the middleware's own

@@ -18,7 +18,7 @@ from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate
 from tasks.retry import backoff_seconds, is_transient
 from tasks.runtime import Runtime, get_runtime
-from tasks.validation import BadMessage, checked_update_ids, parse_stored_update
+from tasks.validation import BadMessage, RefusedPatch, checked_update_ids, parse_stored_update
 from worker import metrics as worker_metrics
 from worker.app import app
 
@@ -43,12 +43,13 @@ def apply_updates(self: Task, update_ids: list[str]) -> dict[str, int]:
         return {}
     runtime = get_runtime()
     try:
-        updates = load_updates(runtime, update_ids)
+        updates, refused = load_updates(runtime, update_ids)
     except Exception as exc:
         if not is_transient(exc):
             raise
         raise retry(self, runtime, update_ids) from exc
     result = apply_with_fallback(runtime, updates)
+    result.permanent += refused
     exhausted = self.request.retries >= runtime.settings.max_retries
     if result.transient and exhausted:
         error = {"code": "TRANSIENT_FAILURE", "message": "Failed after every retry."}
@@ -70,8 +71,15 @@ def apply_updates(self: Task, update_ids: list[str]) -> dict[str, int]:
     return counts
 
 
-def load_updates(runtime: Runtime, update_ids: Sequence[str]) -> list[AcceptedUpdate]:
-    """Read the bodies the gateway stored; a missing one was finished by an earlier delivery."""
+def load_updates(
+    runtime: Runtime, update_ids: Sequence[str]
+) -> tuple[list[AcceptedUpdate], list[tuple[AcceptedUpdate, dict[str, str]]]]:
+    """Read the bodies the gateway stored; return those to apply, and those to park at once.
+
+    A missing body was finished by an earlier delivery. A body whose patch this worker refuses
+    is parked as `failed` with the reason; one that does not even say which update it is can
+    only be logged.
+    """
     # An id listed twice is one update: applied one by one, it would fail (or be parked) twice.
     update_ids = list(dict.fromkeys(update_ids))
     raws = runtime.redis.mget([names.update_body_key(i) for i in update_ids])
@@ -79,12 +87,16 @@ def load_updates(runtime: Runtime, update_ids: Sequence[str]) -> list[AcceptedUp
     if missing:
         log.info("skipping updates with no stored body: %s", ", ".join(missing))
     updates = []
+    refused: list[tuple[AcceptedUpdate, dict[str, str]]] = []
     unreadable = []
     for update_id, raw in zip(update_ids, raws, strict=True):
         if raw is None:
             continue
         try:
             updates.append(parse_stored_update(raw))  # bad bodies: tasks/validation.py
+        except RefusedPatch as exc:
+            log.error("refusing update %s: %s", update_id, exc)
+            refused.append((exc.update, {"code": "UNREADABLE_UPDATE", "message": str(exc)}))
         except (ValueError, TypeError) as exc:
             # One unreadable body (say, from a newer gateway) must not hold back the others;
             # it stays in Redis for an operator to look at.
@@ -93,7 +105,7 @@ def load_updates(runtime: Runtime, update_ids: Sequence[str]) -> list[AcceptedUp
             unreadable.append(update_id)
     if unreadable:  # no longer pending: queueing it again would only log this again
         runtime.redis.zrem(names.PENDING_KEY, *unreadable)
-    return updates
+    return updates, refused
 
 
 def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> BatchResult:

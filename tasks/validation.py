@@ -33,6 +33,18 @@ class BadMessage(ValueError):
     """A message or stored body that cannot be applied; its text is safe to log."""
 
 
+class RefusedPatch(BadMessage):
+    """A stored body naming its update well, with a patch this worker cannot apply.
+
+    As after a newer gateway's deploy: the update can still be recorded `failed` and parked,
+    to be replayed once a worker that knows the patch runs.
+    """
+
+    def __init__(self, reason: str, update: AcceptedUpdate) -> None:
+        super().__init__(reason)
+        self.update = update
+
+
 def checked_update_ids(update_ids: object) -> list[str]:
     """Return the well-formed update ids of a task's argument; log what is refused."""
     if not isinstance(update_ids, list):
@@ -70,8 +82,12 @@ def parse_stored_update(raw: bytes | str) -> AcceptedUpdate:
         raise BadMessage("the stored body's ids are malformed")
     if data["queue"] not in _QUEUES:
         raise BadMessage("the stored body names an unknown queue")
-    _check_patch(data["patch"])
-    return AcceptedUpdate(**data)
+    update = AcceptedUpdate(**data)
+    try:
+        _check_patch(data["patch"])
+    except BadMessage as exc:
+        raise RefusedPatch(str(exc), update) from None
+    return update
 
 
 def _check_patch(patch: dict[str, Any]) -> None:

@@ -497,13 +497,6 @@ def test_a_waiting_gateway_hears_of_a_parked_failure(stack: Stack, backend: str)
     assert stack.redis.get(names.update_body_key(bad.update_id)) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks/validation.py + tasks/apply.py load_updates: a stored body the worker refuses "
-    "(here a patch field this worker does not know, as after a newer gateway's deploy) is "
-    "logged and skipped, but never recorded nor parked: its update stays `queued` forever "
-    "and `dead-letters replay` cannot reach it. Expected: `failed` and a dead letter.",
-)
 def test_a_body_the_worker_refuses_still_ends_failed(stack: Stack) -> None:
     tenant = make_tenant(stack.db, "acme")
     contact_id = make_contact(stack.db, tenant.account_id)
@@ -513,5 +506,7 @@ def test_a_body_the_worker_refuses_still_ends_failed(stack: Stack) -> None:
         wait_task_runs(stack, message, 1)
         assert records(stack.db, [newer.update_id]).get(newer.update_id) is not None
         assert list(dead_letters(stack.db)) == [newer.update_id]
+        record = records(stack.db, [newer.update_id])[newer.update_id]
+        assert record.status == "failed"
     finally:
         stack.redis.delete(names.update_body_key(newer.update_id))
