@@ -43,10 +43,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_batch=settings.publish_max_batch,
             origin=f"gateway@{settings.instance_name}:{os.getpid()}",
         )
+        backlog = app.state.backlog = BacklogGauge(
+            redis, max_backlog=settings.max_backlog, interval=settings.backlog_refresh_seconds,
+            max_per_message=settings.publish_max_batch,
+        )
         publisher = Publisher(
             enqueuer, linger_seconds=settings.publish_linger_ms / 1000,
             wait_linger_seconds=settings.publish_wait_linger_ms / 1000,
-            max_batch=settings.publish_max_batch,
+            max_batch=settings.publish_max_batch, backlogged=backlog.backlogged,
         )
         waiter = ResultWaiter(redis)
         app.state.gateway = Gateway(
@@ -54,10 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             waiter=waiter, keys=KeyCache(db, settings.key_cache_seconds),
         )
         app.state.rate_limiter = RateLimiter(redis, settings.rate_limit_per_second)
-        backlog = app.state.backlog = BacklogGauge(
-            redis, max_backlog=settings.max_backlog, interval=settings.backlog_refresh_seconds,
-            max_per_message=settings.publish_max_batch,
-        )
         publisher.start()
         await waiter.start()
         await waiter.ready()

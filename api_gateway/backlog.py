@@ -68,6 +68,11 @@ class BacklogGauge:
         self._max_per_message = max_per_message
         self._task: asyncio.Task[None] | None = None
         self.updates = 0
+        self.messages = 0  # task messages no worker has taken yet
+
+    def backlogged(self) -> bool:
+        """Tell whether the workers are behind: messages wait that none of them has taken."""
+        return self.messages > 0
 
     @property
     def over(self) -> bool:
@@ -98,7 +103,7 @@ class BacklogGauge:
             for queue in QUEUES:
                 pipe.llen(queue_list_key(queue))
             lengths = [int(n) for n in await pipe.execute()]
-        total_low = sum(lengths)  # every message carries at least one update
+        self.messages = total_low = sum(lengths)  # every message carries at least one update
         total_high = total_low * self._max_per_message
         if total_low > self._max or total_high <= self._max:
             self.updates = total_low

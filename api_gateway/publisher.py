@@ -5,9 +5,10 @@ whatever has gathered (two Redis round trips, one task message per queue), so th
 update falls as the load rises, and a 2xx is sent only after the update is safely in Redis.
 
 A default-mode PUT waits for a worker to apply its update, so a flush holding one lingers
-longer (10 ms rather than 2 by default): at a few hundred such requests a second that turns one
-task message per request into one per several, which is what keeps the worker, and so their
-latency, ahead of the load.
+longer (10 ms rather than 2 by default), and five times that while the workers are behind (task
+messages wait in the queue): its update would wait behind those anyway, and fewer, larger
+messages are what lets the workers catch up. Flushes of async updates only keep the short
+linger: their clients wait for nothing but Redis.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from contactsync.enqueue import Enqueuer, Outcome, Submission
 
 log = logging.getLogger("contactsync.gateway")
+
+BACKLOGGED_FACTOR = 5
 
 
 class Publisher:
@@ -26,11 +30,12 @@ class Publisher:
 
     def __init__(
         self, enqueuer: Enqueuer, *, linger_seconds: float, max_batch: int,
-        wait_linger_seconds: float | None = None,
+        wait_linger_seconds: float | None = None, backlogged: Callable[[], bool] | None = None,
     ) -> None:
         self._enqueuer = enqueuer
         self._linger = linger_seconds
         self._wait_linger = linger_seconds if wait_linger_seconds is None else wait_linger_seconds
+        self._backlogged = backlogged or (lambda: False)
         self._max_batch = max_batch
         self._pending: list[tuple[Submission, asyncio.Future[Outcome]]] = []
         self._wake = asyncio.Event()
@@ -67,8 +72,9 @@ class Publisher:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            waiting = any(submission.reply_to for submission, _ in self._pending)
-            linger = self._wait_linger if waiting else self._linger
+            linger = self._linger
+            if any(submission.reply_to for submission, _ in self._pending):
+                linger = self._wait_linger * (BACKLOGGED_FACTOR if self._backlogged() else 1)
             if linger and len(self._pending) < self._max_batch:
                 await asyncio.sleep(linger)
             self._wake.clear()

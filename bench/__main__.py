@@ -8,6 +8,7 @@ tiny sizes, no figure to trust.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections, e.g. a,d")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--processes", type=int, default=2, help="gateway processes")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument("--concurrency", type=int, default=2 * (os.cpu_count() or 1),
+                        help="worker pool processes, ours and the no-op baseline's "
+                        "(default: the worker's own, twice the CPUs)")
     parser.add_argument("--contacts", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="smoke form for CI")
     args = parser.parse_args(argv)

@@ -85,10 +85,23 @@ async def _open_loop(host: str, port: int, rate: float, seconds: float,
     latencies: list[float] = []
     statuses: dict[int, int] = {}
 
-    async def one(index: int, scheduled: float) -> None:
-        reader, writer = idle.pop() if idle else await asyncio.open_connection(host, port)
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       index: int) -> bytes:
         writer.write(request(index))
-        head = await reader.readuntil(b"\r\n\r\n")
+        return await reader.readuntil(b"\r\n\r\n")
+
+    async def one(index: int, scheduled: float) -> None:
+        if idle:
+            reader, writer = idle.pop()
+            try:
+                head = await exchange(reader, writer, index)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The server closed this kept-alive connection while it sat idle.
+                reader, writer = await asyncio.open_connection(host, port)
+                head = await exchange(reader, writer, index)
+        else:
+            reader, writer = await asyncio.open_connection(host, port)
+            head = await exchange(reader, writer, index)
         status = int(head.split(b" ", 2)[1])
         length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
         await reader.readexactly(length)

@@ -22,6 +22,28 @@ from contactsync.updates import AcceptedUpdate
 
 FINISHED = ("applied", "noop", "not_found")
 
+# Built once: a statement built per batch costs more to construct and to key for SQLAlchemy's
+# compiled cache than to run. All run on the session's connection, beneath the ORM.
+CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
+RECORDS: Table = UpdateRecord.__table__  # type: ignore[assignment]
+OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
+_LOCK_CONTACTS = (
+    select(CONTACTS).where(CONTACTS.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(CONTACTS.c.id).with_for_update()
+)
+_FINISHED = select(RECORDS.c.update_id, RECORDS.c.status).where(
+    RECORDS.c.update_id.in_(bindparam("ids", expanding=True))
+)
+_UPDATE_CONTACT = (
+    update(CONTACTS).where(CONTACTS.c.id == bindparam("locked_id"))
+    .values({name: bindparam(name) for name in (
+        *SCALAR_FIELDS, "tags", "custom_fields", "field_seqs", "updated_at"
+    )})
+)
+_DELETE_RECORDS = delete(RECORDS).where(RECORDS.c.update_id.in_(bindparam("ids", expanding=True)))
+_INSERT_RECORDS = insert(RECORDS)
+_INSERT_EVENTS = insert(OUTBOX)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -63,20 +85,16 @@ def apply_batch(
     contact_ids = sorted({u.contact_id for u in unique})
     # Locking in id order keeps two workers with overlapping batches from deadlocking, and
     # holding the locks before reading update_records makes the duplicate check exact.
-    rows = session.execute(
-        select(CONTACTS).where(CONTACTS.c.id.in_(contact_ids)).order_by(CONTACTS.c.id)
-        .with_for_update()
-    ).all()
+    connection = session.connection()
+    rows = connection.execute(_LOCK_CONTACTS, {"ids": contact_ids}).all()
     contacts = {
         row.id: _Locked(row.account_id, state_of(row), contact_to_dict(row), row.updated_at)
         for row in rows
     }
     finished: dict[str, str] = {
         update_id: status
-        for update_id, status in session.execute(
-            select(UpdateRecord.update_id, UpdateRecord.status).where(
-                UpdateRecord.update_id.in_([u.update_id for u in unique])
-            )
+        for update_id, status in connection.execute(
+            _FINISHED, {"ids": [u.update_id for u in unique]}
         )
     }
     applied_at = isoformat(now)
@@ -99,29 +117,20 @@ def apply_batch(
             outbox.append({"event_id": event["id"], "payload": payload, "created_at": now})
     changed = [_row_values(contact_id, c) for contact_id, c in contacts.items() if c.dirty]
     if changed:
-        session.execute(_UPDATE_CONTACT, changed)
+        connection.execute(_UPDATE_CONTACT, changed)
     retried = [r["update_id"] for r in records if r["update_id"] in finished]
     if retried:  # a replayed dead letter replaces its `failed` record
-        session.execute(delete(UpdateRecord).where(UpdateRecord.update_id.in_(retried)))
+        connection.execute(_DELETE_RECORDS, {"ids": retried})
     if records:
-        session.execute(insert(UpdateRecord), records)
+        connection.execute(_INSERT_RECORDS, records)
     if outbox:
-        session.execute(insert(OutboxEvent), outbox)
+        connection.execute(_INSERT_EVENTS, outbox)
     # An update the rule refused (too many custom fields) is parked with its record, so that
     # `dead-letters replay` can queue it again once the contact has room.
     refused = [(o.update, o.error) for o in outcomes if o.status == "failed" and o.error]
     if refused:
         park(session, refused, now)
     return outcomes
-
-
-CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
-_UPDATE_CONTACT = (
-    update(CONTACTS).where(CONTACTS.c.id == bindparam("locked_id"))
-    .values({name: bindparam(name) for name in (
-        *SCALAR_FIELDS, "tags", "custom_fields", "field_seqs", "updated_at"
-    )})
-)
 
 
 def _row_values(contact_id: str, locked: _Locked) -> dict[str, Any]:

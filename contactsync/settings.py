@@ -65,7 +65,11 @@ class Settings(BaseSettings):
         default=300, ge=10,
         description="an unacknowledged message goes back to the queue after this long",
     )
-    worker_concurrency: int | None = Field(default=None, ge=1)
+    worker_concurrency: int | None = Field(
+        default=None, ge=1,
+        description="pool processes per worker; unset: twice the CPUs (each spends much of a "
+        "task waiting on PostgreSQL and Redis)",
+    )
     relay_interval_seconds: float = Field(default=0.2, gt=0, le=10)
     relay_batch_size: int = Field(default=500, ge=1)
     events_stream: str = "contactsync:events"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 from kombu.entity import Queue
 
@@ -60,7 +62,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_send_sent_event": True,
         "enable_utc": True,
         "worker_hijack_root_logger": False,
-        "worker_concurrency": settings.worker_concurrency,
+        # A pool process spends much of each task waiting on PostgreSQL and Redis: twice the
+        # CPUs keeps the CPUs busy.
+        "worker_concurrency": settings.worker_concurrency or 2 * (os.cpu_count() or 1),
     }
 
 

@@ -71,6 +71,15 @@ def flower(stack: Stack, tmp_path: Path) -> Iterator[str]:
     try:
         wait_until(lambda: httpx.get(f"{url}/api/tasks", auth=FLOWER_AUTH).status_code == 200,
                    timeout=30)
+
+        def receiving_events() -> bool:
+            # Set from the worker's heartbeat events: Flower's event receiver is running, so
+            # the tasks the test makes next cannot finish before Flower listens.
+            metrics = httpx.get(f"{url}/metrics", auth=FLOWER_AUTH, timeout=5).text
+            return any(line.startswith("flower_worker_online") and not line.endswith(" 0.0")
+                       for line in metrics.splitlines())
+
+        wait_until(receiving_events, timeout=30, interval=0.5)
         yield url
     finally:
         process.stop()
