@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from api_gateway import errors, openapi
 from api_gateway.auth import KeyCache
 from api_gateway.backlog import BacklogGauge
-from api_gateway.edge import Edge
+from api_gateway.edge import Edge, GatewayApp
 from api_gateway.publisher import Publisher
 from api_gateway.ratelimit import RateLimiter
 from api_gateway.responses import JSONResponse
@@ -25,7 +25,7 @@ from contactsync.logs import configure as configure_logging
 from contactsync.settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> GatewayApp:
     """Build the gateway; it connects to Redis and the database when it starts serving."""
     settings = settings or get_settings()
     # Here, not at import: uvicorn has set up its own logging by the time it calls the factory.
@@ -86,4 +86,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(contacts.router)
     app.include_router(updates.router)
     app.include_router(health.router)
-    return app
+    return GatewayApp(app)
