@@ -28,37 +28,43 @@ STATE_KEY = "rate_limit"  # where a request's decision waits for the response he
 TOKEN_BUCKET = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local buckets = {}  -- each bucket read and written once, however many requests it serves
 local result = {}
 for i = 1, #KEYS do
   local rate = tonumber(ARGV[2 * i - 1])
   local burst = tonumber(ARGV[2 * i])
-  local state = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
-  local tokens = tonumber(state[1])
-  local ts = tonumber(state[2])
-  if tokens == nil or ts == nil then
-    tokens = burst
-    ts = now
+  local bucket = buckets[KEYS[i]]
+  if bucket == nil then
+    local state = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
+    bucket = {tokens = tonumber(state[1]), ts = tonumber(state[2])}
+    if bucket.tokens == nil or bucket.ts == nil then
+      bucket.tokens = burst
+      bucket.ts = now
+    end
+    buckets[KEYS[i]] = bucket
   end
-  if now > ts then
-    tokens = math.min(burst, tokens + (now - ts) * rate / 1000000)
-    ts = now
+  if now > bucket.ts then
+    bucket.tokens = math.min(burst, bucket.tokens + (now - bucket.ts) * rate / 1000000)
+    bucket.ts = now
   end
   local allowed = 0
   local wait = 0
-  if tokens >= 1 then
-    tokens = tokens - 1
+  if bucket.tokens >= 1 then
+    bucket.tokens = bucket.tokens - 1
     allowed = 1
   else
-    wait = math.ceil((1 - tokens) * 1000000 / rate)
+    wait = math.ceil((1 - bucket.tokens) * 1000000 / rate)
   end
-  local full_in = math.ceil((burst - tokens) * 1000000 / rate)
-  redis.call('HSET', KEYS[i], 'tokens', tostring(tokens), 'ts', string.format('%.0f', ts))
-  redis.call('PEXPIRE', KEYS[i], math.ceil(full_in / 1000) + 1000)
+  bucket.full_in = math.ceil((burst - bucket.tokens) * 1000000 / rate)
   local at = 4 * (i - 1)
   result[at + 1] = allowed
-  result[at + 2] = math.floor(tokens)
-  result[at + 3] = full_in
+  result[at + 2] = math.floor(bucket.tokens)
+  result[at + 3] = bucket.full_in
   result[at + 4] = wait
+end
+for key, bucket in pairs(buckets) do
+  redis.call('HSET', key, 'tokens', tostring(bucket.tokens), 'ts', string.format('%.0f', bucket.ts))
+  redis.call('PEXPIRE', key, math.ceil(bucket.full_in / 1000) + 1000)
 end
 return result
 """
