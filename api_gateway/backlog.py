@@ -140,8 +140,9 @@ class BacklogGauge:
                 log.warning("backlog refresh failed: %s", type(exc).__name__)
 
 
-def accepting_updates(request: Request) -> None:
+async def accepting_updates(request: Request) -> None:
     """Refuse a new update while the backlog is over its limit (after authentication)."""
+    # async: FastAPI runs a plain `def` dependency in a thread, a costly hop on every request
     gauge: BacklogGauge = request.app.state.backlog
     gauge.check()
 
