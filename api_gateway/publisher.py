@@ -56,18 +56,17 @@ class Publisher:
 
     async def submit(self, submission: Submission) -> Outcome:
         """Queue one submission; return once it is in Redis (or raise why not)."""
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._pending.append((submission, future))
-        self._wake.set()
-        return await future
+        return await self._add(submission)
 
     async def submit_many(self, submissions: list[Submission]) -> list[Outcome]:
         """Queue several submissions in the same flush when they fit; return their outcomes."""
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in submissions]
-        self._pending.extend(zip(submissions, futures, strict=True))
+        return list(await asyncio.gather(*(self._add(s) for s in submissions)))
+
+    def _add(self, submission: Submission) -> asyncio.Future[Outcome]:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._pending.append((submission, future))
         self._wake.set()
-        return list(await asyncio.gather(*futures))
+        return future
 
     async def _run(self) -> None:
         while True:

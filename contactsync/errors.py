@@ -82,30 +82,26 @@ class IdempotencyKeyReused(ClientError):
     code = "IDEMPOTENCY_KEY_REUSED"
 
 
-class RateLimited(ClientError):
+class RetryLater(ClientError):
+    """An error that tells the client when to try again (`Retry-After`, and in the details)."""
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(
+            message,
+            details={"retry_after": retry_after},
+            headers={"Retry-After": str(retry_after)},
+        )
+        self.retry_after = retry_after
+
+
+class RateLimited(RetryLater):
     status_code = 429
     code = "RATE_LIMIT_EXCEEDED"
 
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(
-            message,
-            details={"retry_after": retry_after},
-            headers={"Retry-After": str(retry_after)},
-        )
-        self.retry_after = retry_after
 
-
-class ServiceUnavailable(ClientError):
+class ServiceUnavailable(RetryLater):
     status_code = 503
     code = "SERVICE_UNAVAILABLE"
-
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(
-            message,
-            details={"retry_after": retry_after},
-            headers={"Retry-After": str(retry_after)},
-        )
-        self.retry_after = retry_after
 
 
 class ApplyFailure(ContactSyncError):
