@@ -151,6 +151,11 @@ def postgres_restart(run: Run) -> None:
     run.notes.append(f"PostgreSQL restarted ({took:.1f} s)")
 
 
+# A warm shutdown finishes the tasks in hand (milliseconds each) and stops: about 2 s here.
+# billiard's own wait made it 30 s now and then (worker/signals.py, POOL_EXIT_WAIT_TRIES).
+SIGTERM_EXIT_SECONDS = 15
+
+
 def worker_sigterm(run: Run) -> None:
     """SIGTERM the worker mid-load: warm shutdown; then start it again."""
     took = run.stack.terminate_worker("w1")
@@ -162,6 +167,8 @@ def worker_sigterm(run: Run) -> None:
     run.notes.append(f"worker SIGTERMed, exited in {took:.1f} s, left {unacked} unacked")
     if unacked:
         run.notes.append("VIOLATION: warm shutdown left messages unacknowledged")
+    if took > SIGTERM_EXIT_SECONDS:
+        run.notes.append(f"VIOLATION: warm shutdown took over {SIGTERM_EXIT_SECONDS} s")
     run.stack.start_worker("w1")
 
 
