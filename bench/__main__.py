@@ -18,7 +18,7 @@ from pathlib import Path
 from bench import runs, services
 from contactsync.settings import Settings
 
-SECTIONS = ("a", "b", "c", "d")
+SECTIONS = ("a", "b", "c", "d", "e")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.raw_sql_vs_bulk(cfg, args.concurrency)
         if "d" in sections:
             runs.end_to_end(cfg, args.concurrency)
+        if "e" in sections:
+            runs.memory(cfg, args.concurrency)
     print("\n| measure | ours | baseline | note |\n|---|---|---|---|")
     for row in cfg.rows:
         print("| " + " | ".join(row) + " |")

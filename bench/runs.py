@@ -228,9 +228,8 @@ def _raw_sql_rate(cfg: Config) -> float:
 
 
 def end_to_end(cfg: Config, concurrency: int) -> None:
-    """(d) Single async updates accepted → applied, and default-mode latency at 300 req/s;
-    (e) memory of gateway and worker over a long run."""
-    print("(d) end to end, single updates; (e) memory over a long run", flush=True)
+    """(d) Single async updates accepted → applied, and default-mode latency at 300 req/s."""
+    print("(d) end to end, single updates", flush=True)
     port = services.free_port()
     gateway = services.start_gateway(cfg.env(), port, cfg.processes, cfg.log_dir)
     worker = services.start_worker(cfg.env(), concurrency, cfg.log_dir)
@@ -250,7 +249,19 @@ def end_to_end(cfg: Config, concurrency: int) -> None:
         latency = load.open_loop(port, 300, cfg.seconds, requests)
         cfg.row("default-mode PUT at 300 req/s", f"p50 {latency.p50_ms:.1f} ms, "
                 f"p99 {latency.p99_ms:.1f} ms", "-", f"{latency.ok}/{latency.sent} ok")
-        _soak(cfg, url, gateway, worker)
+    finally:
+        worker.stop()
+        gateway.stop()
+
+
+def memory(cfg: Config, concurrency: int) -> None:
+    """(e) Memory of gateway and worker over a long run of single async updates."""
+    print("(e) memory over a long run", flush=True)
+    port = services.free_port()
+    gateway = services.start_gateway(cfg.env(), port, cfg.processes, cfg.log_dir)
+    worker = services.start_worker(cfg.env(), concurrency, cfg.log_dir)
+    try:
+        _soak(cfg, f"http://127.0.0.1:{port}", gateway, worker)
     finally:
         worker.stop()
         gateway.stop()

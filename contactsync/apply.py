@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from contactsync import events
@@ -16,6 +16,7 @@ from contactsync.contacts import contact_to_dict, state_of
 from contactsync.dead_letters import park
 from contactsync.merge import SCALAR_FIELDS, Change, ContactState, merge
 from contactsync.models import Contact, OutboxEvent, UpdateRecord
+from contactsync.row_batches import RowInsert, RowUpdate
 from contactsync.schemas import MAX_CUSTOM_FIELDS
 from contactsync.timeutil import isoformat, parse_iso
 from contactsync.updates import AcceptedUpdate
@@ -34,15 +35,16 @@ _LOCK_CONTACTS = (
 _FINISHED = select(RECORDS.c.update_id, RECORDS.c.status).where(
     RECORDS.c.update_id.in_(bindparam("ids", expanding=True))
 )
-_UPDATE_CONTACT = (
-    update(CONTACTS).where(CONTACTS.c.id == bindparam("locked_id"))
-    .values({name: bindparam(name) for name in (
-        *SCALAR_FIELDS, "tags", "custom_fields", "field_seqs", "updated_at"
-    )})
+_UPDATE_CONTACTS = RowUpdate(
+    CONTACTS, "id", "locked_id",
+    (*SCALAR_FIELDS, "tags", "custom_fields", "field_seqs", "updated_at"),
 )
 _DELETE_RECORDS = delete(RECORDS).where(RECORDS.c.update_id.in_(bindparam("ids", expanding=True)))
-_INSERT_RECORDS = insert(RECORDS)
-_INSERT_EVENTS = insert(OUTBOX)
+_INSERT_RECORDS = RowInsert(RECORDS, (
+    "update_id", "account_id", "contact_id", "seq", "status", "received_at", "applied_at",
+    "changed_fields", "error",
+))
+_INSERT_EVENTS = RowInsert(OUTBOX, ("event_id", "payload", "created_at"))
 
 
 @dataclass(frozen=True)
@@ -115,16 +117,14 @@ def apply_batch(
             event = events.contact_updated(accepted, outcome.changes, outcome.contact, applied_at)
             payload = orjson.dumps(event).decode()
             outbox.append({"event_id": event["id"], "payload": payload, "created_at": now})
-    changed = [_row_values(contact_id, c) for contact_id, c in contacts.items() if c.dirty]
-    if changed:
-        connection.execute(_UPDATE_CONTACT, changed)
+    _UPDATE_CONTACTS.run(
+        connection, [_row_values(contact_id, c) for contact_id, c in contacts.items() if c.dirty]
+    )
     retried = [r["update_id"] for r in records if r["update_id"] in finished]
     if retried:  # a replayed dead letter replaces its `failed` record
         connection.execute(_DELETE_RECORDS, {"ids": retried})
-    if records:
-        connection.execute(_INSERT_RECORDS, records)
-    if outbox:
-        connection.execute(_INSERT_EVENTS, outbox)
+    _INSERT_RECORDS.run(connection, records)
+    _INSERT_EVENTS.run(connection, outbox)
     # An update the rule refused (too many custom fields) is parked with its record, so that
     # `dead-letters replay` can queue it again once the contact has room.
     refused = [(o.update, o.error) for o in outcomes if o.status == "failed" and o.error]

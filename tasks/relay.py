@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from importlib import resources
 
 from redis import Redis
 from sqlalchemy import delete, select
@@ -23,6 +24,7 @@ from worker.app import sweep_interval
 log = logging.getLogger("contactsync.relay")
 
 MAX_BACKOFF_SECONDS = 5.0  # the longest pause between failed passes
+PUBLISH_EVENTS = resources.files("contactsync").joinpath("lua/publish_events.lua").read_text()
 
 
 def relay_once(db: Database, redis: Redis, settings: Settings) -> int:
@@ -40,13 +42,10 @@ def relay_once(db: Database, redis: Redis, settings: Settings) -> int:
         ).all()
         if not rows:
             return 0
-        with redis.pipeline(transaction=False) as pipe:
-            for _, payload in rows:
-                pipe.xadd(
-                    settings.events_stream, {"event": payload},
-                    maxlen=settings.events_stream_maxlen, approximate=True,
-                )
-            pipe.execute()
+        redis.register_script(PUBLISH_EVENTS)(  # EVALSHA; the script is loaded on need
+            keys=[settings.events_stream],
+            args=[settings.events_stream_maxlen, *[payload for _, payload in rows]],
+        )
         session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_([r.id for r in rows])))
     return len(rows)
 
