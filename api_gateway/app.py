@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -62,6 +63,10 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         await waiter.start()
         await waiter.ready()
         await backlog.start()
+        # What exists now lives as long as the process: out of the collector's sight, a full
+        # collection no longer walks the whole application (an 80 ms stall every so often
+        # under load, which was the gateway's p99).
+        gc.freeze()
         try:
             yield
         finally:

@@ -169,9 +169,8 @@ def start_gateway(env: dict[str, str], port: int, workers: int, log_dir: Path) -
 
 
 def start_bare(env: dict[str, str], port: int, workers: int, log_dir: Path) -> Service:
-    service = start("bare", [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port",
-                             str(port), "--workers", str(workers), "--log-level", "warning"],
-                    env, log_dir)
+    service = start("bare", [sys.executable, "-m", "bench.bare_app", "--port", str(port),
+                             "--workers", str(workers)], env, log_dir)
     wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200,
              "bare app")
     return service

@@ -1,8 +1,8 @@
 """Accept updates into the queue: sequence numbers, idempotency, bodies and task messages.
 
-One flush costs two Redis round trips whatever its size: a Lua script that allocates the
-sequence numbers and reserves idempotency keys, then one MULTI that stores the bodies and
-pushes the task messages. That is what keeps the gateway's request path cheap.
+One flush costs one Redis round trip whatever its size: a Lua script that reserves the
+idempotency keys, allocates the sequence numbers, stores the bodies and pushes the task
+messages, all or nothing. That is what keeps the gateway's request path cheap.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
+from itertools import count
 from typing import Any
 
 import orjson
@@ -62,6 +63,15 @@ class Submission:
     queue: str
     idempotency: Idempotency | None = None
     reply_to: str | None = None
+
+
+def _unsequenced(submission: Submission, received_at: str) -> AcceptedUpdate:
+    """The update a submission becomes, before Redis gives it its sequence number."""
+    return AcceptedUpdate(
+        update_id=submission.update_id, account_id=submission.account_id,
+        contact_id=submission.contact_id, seq=0, received_at=received_at,
+        patch=submission.patch, queue=submission.queue, reply_to=submission.reply_to,
+    )
 
 
 @dataclass(frozen=True)
@@ -126,45 +136,51 @@ class Enqueuer:
         self._origin = origin
 
     async def accept(self, submissions: Sequence[Submission]) -> list[Outcome]:
-        """Queue every submission; return, in order, what became of each."""
-        update_ids = [s.update_id for s in submissions]
+        """Queue every submission; return, in order, what became of each.
+
+        One script call when no idempotency key in the flush was seen before; each call that
+        finds some answers those and sends the others again.
+        """
+        received_at = isoformat(utcnow())
+        outcomes: list[Outcome | None] = [None] * len(submissions)
+        waiting = list(range(len(submissions)))
+        while waiting:
+            updates = [_unsequenced(submissions[i], received_at) for i in waiting]
+            reply = await self._accept(updates, [submissions[i] for i in waiting])
+            if int(reply[0]):
+                for index, update, seq in zip(waiting, updates, count(int(reply[0])),
+                                              strict=False):
+                    outcomes[index] = Accepted(replace(update, seq=seq))
+                break
+            taken = {int(reply[i]): reply[i + 1] for i in range(1, len(reply), 2)}
+            with_key = [i for i in waiting if submissions[i].idempotency]
+            for position, record in taken.items():
+                outcomes[with_key[position - 1]] = Replayed(orjson.loads(record))
+            waiting = [i for i in waiting if outcomes[i] is None]
+        return [o for o in outcomes if o is not None]
+
+    async def _accept(self, updates: list[AcceptedUpdate], submissions: list[Submission]) -> Any:
         idem_keys: list[str] = []
-        idem_args: list[bytes] = []
-        for sub, update_id in zip(submissions, update_ids, strict=True):
+        idem_records: list[bytes] = []
+        for sub in submissions:
             if sub.idempotency:
                 idem_keys.append(names.idempotency_key(sub.account_id, sub.idempotency.key_digest))
-                idem_args.append(idempotency_record(sub.idempotency.fingerprint, update_id, None))
-        reply = await self._script(
-            keys=[names.SEQUENCE_KEY, *idem_keys],
-            args=[len(submissions), IN_FLIGHT_SECONDS, *idem_args],
+                idem_records.append(
+                    idempotency_record(sub.idempotency.fingerprint, sub.update_id, None)
+                )
+        messages = self.task_messages(updates)
+        return await self._script(
+            keys=[
+                names.SEQUENCE_KEY, names.PENDING_KEY, *idem_keys,
+                *[names.update_body_key(u.update_id) for u in updates],
+                *[queue_list_key(queue) for queue, _ in messages],
+            ],
+            args=[
+                len(updates), IN_FLIGHT_SECONDS, len(idem_keys), len(messages), *idem_records,
+                *[u.update_id for u in updates], *[u.body_tail() for u in updates],
+                *[message for _, message in messages],
+            ],
         )
-        first_seq = int(reply[0])
-        idem_replies = iter(reply[1:])
-        received_at = isoformat(utcnow())
-        outcomes: list[Outcome] = []
-        for index, (sub, update_id) in enumerate(zip(submissions, update_ids, strict=True)):
-            existing = next(idem_replies) if sub.idempotency else b""
-            if existing:
-                outcomes.append(Replayed(orjson.loads(existing)))
-                continue
-            outcomes.append(Accepted(AcceptedUpdate(
-                update_id=update_id, account_id=sub.account_id, contact_id=sub.contact_id,
-                seq=first_seq + index, received_at=received_at, patch=sub.patch,
-                queue=sub.queue, reply_to=sub.reply_to,
-            )))
-        accepted = [o.update for o in outcomes if isinstance(o, Accepted)]
-        if accepted:
-            await self._store_and_push(accepted)
-        return outcomes
-
-    async def _store_and_push(self, updates: list[AcceptedUpdate]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.mset({names.update_body_key(u.update_id): u.to_json() for u in updates})
-            # The sequence is the Redis time it was accepted at (or just past it): the score.
-            pipe.zadd(names.PENDING_KEY, {u.update_id: u.seq for u in updates})
-            for queue, message in self.task_messages(updates):
-                pipe.lpush(queue_list_key(queue), message)
-            await pipe.execute()
 
     def task_messages(self, updates: list[AcceptedUpdate]) -> list[tuple[str, bytes]]:
         """Return (queue, message) pairs carrying these updates, at most `max_batch` each."""

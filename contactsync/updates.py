@@ -24,11 +24,16 @@ class AcceptedUpdate:
     reply_to: str | None = None
 
     def to_json(self) -> bytes:
+        return b'{"seq":%d,' % self.seq + self.body_tail()
+
+    def body_tail(self) -> bytes:
+        """Return the stored body but its leading `{"seq":N,`: the gateway's accept script
+        splices in the sequence number, which only Redis knows."""
         return orjson.dumps({
             "update_id": self.update_id, "account_id": self.account_id,
-            "contact_id": self.contact_id, "seq": self.seq, "received_at": self.received_at,
+            "contact_id": self.contact_id, "received_at": self.received_at,
             "patch": self.patch, "queue": self.queue, "reply_to": self.reply_to,
-        })
+        })[1:]
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> AcceptedUpdate:

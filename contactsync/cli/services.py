@@ -17,6 +17,8 @@ FLOWER_TASKS_COLUMNS = "name,state,args,received,started,runtime,retries,worker"
 def gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from api_gateway import processes
+
     settings = get_settings()
     configure(settings)
     metrics_dir = None
@@ -25,16 +27,21 @@ def gateway(args: argparse.Namespace) -> int:
         # write to files here, which any process's /metrics sums. The processes are spawned
         # (fresh interpreters), so they all start in that mode.
         metrics_dir = make_metrics_dir("gateway")
+    config = {
+        "app": "api_gateway.app:create_app", "factory": True, "host": args.host,
+        "port": args.port, "log_level": settings.log_level.lower(), "access_log": False,
+        # Ours, not uvicorn's: its records go to contactsync's handler (JSON or text).
+        "log_config": None,
+        # On SIGTERM, requests in flight (a default-mode PUT waiting for its worker included)
+        # get their answers before the process exits.
+        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
+    }
     try:
-        uvicorn.run(
-            "api_gateway.app:create_app", factory=True, host=args.host, port=args.port,
-            workers=args.workers, log_level=settings.log_level.lower(), access_log=False,
-            # Ours, not uvicorn's: its records go to contactsync's handler (JSON or text).
-            log_config=None,
-            # On SIGTERM, requests in flight (a default-mode PUT waiting for its worker
-            # included) get their answers before the process exits.
-            timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
-        )
+        if args.workers > 1 and processes.reuse_port_available():
+            return processes.serve(
+                config, args.workers, stop_timeout=settings.graceful_shutdown_seconds + 5
+            )
+        uvicorn.run(**config, workers=args.workers)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

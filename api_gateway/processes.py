@@ -1,0 +1,89 @@
+"""Several gateway processes on one port, each listening on a socket of its own.
+
+uvicorn's `--workers` has its processes share one listening socket, and whichever is awake
+first accepts: under a few dozen kept-alive connections (an integration's pool, a load
+generator) one process often held nearly all of them while the other idled. Here each process
+binds the port itself with SO_REUSEPORT, and the kernel spreads new connections over them.
+The parent only watches: it starts a process again if one dies, and on SIGTERM or SIGINT
+passes SIGTERM on (each drains its requests in flight, as a single uvicorn does) and waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+import time
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import uvicorn
+
+log = logging.getLogger("contactsync.gateway")
+
+RESTART_PAUSE_SECONDS = 1.0  # between two starts of the same slot: no busy loop of crashes
+
+
+def reuse_port_available() -> bool:
+    """Linux spreads connections over a port's SO_REUSEPORT sockets (macOS has the flag, but
+    hands every connection to one socket): elsewhere, uvicorn's shared socket serves."""
+    return hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")
+
+
+def _socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _serve_one(config: dict[str, Any]) -> None:
+    """One gateway process: its own socket in the port's group, then uvicorn as usual."""
+    server = uvicorn.Server(uvicorn.Config(**config))
+    sock = _socket(config["host"], config["port"])
+    sock.listen(2048)
+    server.run(sockets=[sock])
+
+
+def serve(config: dict[str, Any], workers: int, stop_timeout: float) -> int:
+    """Run `workers` processes of the app `config` describes (uvicorn.Config's arguments).
+
+    Raises OSError at once when the address cannot be bound (taken by another program).
+    """
+    # Bound, never listening: the port stays ours, yet takes no connection of the group's.
+    reservation = _socket(config["host"], config["port"])
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreters, as uvicorn's workers
+
+    def start() -> BaseProcess:
+        process = spawn.Process(target=_serve_one, args=(config,), name="contactsync-gateway")
+        process.start()
+        return process
+
+    stopping: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: stopping.append(received))
+    processes = [start() for _ in range(workers)]
+    started = [time.monotonic()] * workers
+    try:
+        while not stopping:
+            for slot, process in enumerate(processes):
+                if process.is_alive() or time.monotonic() - started[slot] < RESTART_PAUSE_SECONDS:
+                    continue
+                log.warning("gateway process %s exited (code %s); starting another",
+                            process.pid, process.exitcode)
+                processes[slot], started[slot] = start(), time.monotonic()
+            time.sleep(0.2)
+    finally:
+        for process in processes:
+            process.terminate()  # SIGTERM: finish the requests in flight, then exit
+        deadline = time.monotonic() + stop_timeout
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        reservation.close()
+    return 0

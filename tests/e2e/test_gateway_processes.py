@@ -1,0 +1,96 @@
+"""`contactsync gateway --workers N`: a socket of its own per process (api_gateway/processes.py),
+so connections spread over the processes; a dead process is replaced; SIGTERM stops them all."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from contactsync.settings import Settings
+from tests.e2e.gateways import private_redis
+from tests.e2e.ops import CONTACTSYNC, contactsync, stop_gently, wait_http_ok
+from tests.support import free_port, service_env, wait_until
+
+
+def _children(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def _serving_pids(port: int) -> Counter[int]:
+    """Which process holds each connection established to `port` (from `ss`)."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return Counter(int(pid) for pid in re.findall(r"pid=(\d+)", out))
+
+
+def _gateway_processes(parent: int) -> set[int]:
+    # Spawned processes, not counting multiprocessing's own helper (it serves no port).
+    return {p for p in _children(parent)
+            if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()}
+
+
+def test_connections_spread_over_the_processes_and_a_dead_one_is_replaced(
+    settings: Settings, tmp_path: Path, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("backend-independent: run once, on the SQLite stack")
+    with private_redis(tmp_path) as redis_url:
+        port = free_port()
+        gateway = contactsync(
+            ["gateway", "--port", str(port), "--workers", "2"],
+            service_env(settings.database_url, redis_url), tmp_path / "gateway.log",
+        )
+        try:
+            wait_http_ok(f"http://127.0.0.1:{port}/readyz")
+            wait_until(lambda: len(_gateway_processes(gateway.popen.pid)) == 2, timeout=30)
+            workers = _gateway_processes(gateway.popen.pid)
+            # Forty kept-alive connections, as an integration's pool holds them: each
+            # process gets its share (under one shared socket, one often took nearly all).
+            connections = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+            try:
+                wait_until(lambda: sum(_serving_pids(port).values()) == 40, timeout=10)
+                held = _serving_pids(port)
+            finally:
+                for connection in connections:
+                    connection.close()
+            assert set(held) == workers, (held, workers)
+            assert min(held.values()) >= 5, held
+
+            os.kill(next(iter(workers)), signal.SIGKILL)
+            wait_until(lambda: len(_gateway_processes(gateway.popen.pid) - workers) == 1,
+                       timeout=30)
+            wait_http_ok(f"http://127.0.0.1:{port}/readyz")
+            assert "exited (code -9); starting another" in gateway.log()
+            left = _gateway_processes(gateway.popen.pid)
+            assert stop_gently(gateway, timeout=60) == 0
+            assert not any(Path(f"/proc/{p}").exists() for p in left)
+        finally:
+            gateway.stop()
+
+
+def test_a_port_another_program_holds_is_one_line_of_error(
+    settings: Settings, tmp_path: Path, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("backend-independent: run once, on the SQLite stack")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [CONTACTSYNC, "gateway", "--port", str(port), "--workers", "2"],
+            env=service_env(settings.database_url, "redis://127.0.0.1:1/0"),
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Address already in use" in lines[0], result.stderr

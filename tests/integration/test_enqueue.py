@@ -1,0 +1,96 @@
+"""One flush, one script call (contactsync/lua/accept.lua), against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from contactsync import names
+from contactsync.celery_message import queue_list_key
+from contactsync.enqueue import Accepted, Enqueuer, Idempotency, Outcome, Replayed, Submission
+from contactsync.settings import Settings
+from contactsync.updates import AcceptedUpdate
+
+
+def _empty(redis: Redis) -> None:
+    keys = [*redis.scan_iter("contactsync:*"), queue_list_key(names.UPDATES_QUEUE)]
+    if keys:
+        redis.delete(*keys)
+
+
+@pytest.fixture
+def redis(redis_client: Redis) -> Iterator[Redis]:
+    """Redis with no contactsync keys before the test, nor after (no worker runs here)."""
+    _empty(redis_client)
+    yield redis_client
+    _empty(redis_client)
+
+
+def _submission(n: int, key: str | None = None) -> Submission:
+    patch = {"company": f"C{n}", "custom_fields": {"quote": 'say "hi"'}}
+    return Submission(
+        update_id=f"upd_enqueue{n:04d}", account_id="acc_enqueue", contact_id=f"cnt_{n}",
+        patch=patch, queue=names.UPDATES_QUEUE,
+        idempotency=Idempotency.of(key, "PUT", f"/external/v1/contacts/cnt_{n}", patch)
+        if key else None,
+    )
+
+
+def _accept(settings: Settings, submissions: list[Submission]) -> list[Outcome]:
+    async def run() -> list[Outcome]:
+        redis = AsyncRedis.from_url(settings.redis_url)
+        try:
+            enqueuer = Enqueuer(redis, idempotency_ttl=60, max_batch=200, origin="tests")
+            return await enqueuer.accept(submissions)
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
+
+
+def _queued_ids(redis: Redis) -> list[list[str]]:
+    messages = redis.lrange(queue_list_key(names.UPDATES_QUEUE), 0, -1)
+    return [orjson.loads(base64.b64decode(orjson.loads(m)["body"]))[0][0] for m in messages]
+
+
+def test_a_stored_body_is_the_update_with_its_sequence(
+    settings: Settings, redis: Redis
+) -> None:
+    outcomes = _accept(settings, [_submission(1), _submission(2)])
+    updates = [o.update for o in outcomes if isinstance(o, Accepted)]
+    assert [u.seq for u in updates] == [updates[0].seq, updates[0].seq + 1]
+    for update in updates:
+        stored = redis.get(names.update_body_key(update.update_id))
+        assert stored is not None
+        assert AcceptedUpdate.from_json(stored) == update
+        assert stored == update.to_json()
+        assert redis.zscore(names.PENDING_KEY, update.update_id) == update.seq
+    assert _queued_ids(redis) == [[u.update_id for u in updates]]
+
+
+def test_a_flush_answers_a_known_idempotency_key_and_queues_only_the_others(
+    settings: Settings, redis: Redis
+) -> None:
+    (first,) = _accept(settings, [_submission(1, key="known")])
+    assert isinstance(first, Accepted)
+    outcomes = _accept(settings, [
+        _submission(2, key="new"), _submission(3, key="known"), _submission(4),
+    ])
+    assert [type(o) for o in outcomes] == [Accepted, Replayed, Accepted]
+    replayed = outcomes[1]
+    assert isinstance(replayed, Replayed)
+    assert replayed.record["update_id"] == first.update.update_id
+    assert redis.get(names.update_body_key("upd_enqueue0003")) is None
+    assert redis.zscore(names.PENDING_KEY, "upd_enqueue0003") is None
+    queued = _queued_ids(redis)
+    assert sorted(queued) == sorted([["upd_enqueue0001"], ["upd_enqueue0002", "upd_enqueue0004"]])
+    # The new key is reserved for its own update.
+    digest = Idempotency.of("new", "PUT", "/", {}).key_digest
+    record = redis.get(names.idempotency_key("acc_enqueue", digest))
+    assert record is not None and orjson.loads(record)["update_id"] == "upd_enqueue0002"
