@@ -33,7 +33,7 @@ class Settings(BaseSettings):
         default=5.0, ge=0, le=60, description="how long a default-mode PUT waits for the worker"
     )
     publish_linger_ms: float = Field(
-        default=2.0, ge=0, le=100,
+        default=1.0, ge=0, le=100,
         description="how long the gateway gathers updates into one queue message",
     )
     publish_wait_linger_ms: float = Field(
