@@ -14,7 +14,8 @@ from api_gateway.ratelimit import STATE_KEY, refuse
 from contactsync.db import Database
 from contactsync.errors import InsufficientPermissions, InvalidApiKey, MissingApiKey
 from contactsync.ids import hash_api_key
-from contactsync.keys import Principal, authenticate
+from contactsync.keys import Principal
+from contactsync.keys import authenticate as authenticate_key
 
 _MAX_KEY_LENGTH = 256
 
@@ -55,7 +56,7 @@ class KeyCache:
 
     def _load(self, secret: str) -> Principal | None:
         with self._db.reading() as session:
-            return authenticate(session, secret)
+            return authenticate_key(session, secret)
 
 
 def presented_key(request: Request) -> str | None:
@@ -76,8 +77,8 @@ def presented_key(request: Request) -> str | None:
     return key or bearer or None
 
 
-async def authorize(request: Request, permission: str) -> Principal:
-    """Return who sent the request if its key holds `permission`; spend one rate-limit token."""
+async def authenticate(request: Request) -> Principal:
+    """Return who sent the request, from its key; 401 without a valid one."""
     key = presented_key(request)
     if key is None:
         raise MissingApiKey("An API key is required: send it in the X-API-Key header.")
@@ -86,16 +87,33 @@ async def authorize(request: Request, permission: str) -> Principal:
         principal = await request.app.state.gateway.keys.lookup(key)
     if principal is None:
         raise InvalidApiKey("The API key is not valid or has been revoked.")
-    # Before the permission check: every request a key makes spends from its bucket.
+    return principal
+
+
+async def spend_token(request: Request, principal: Principal) -> None:
+    """Spend one token of the key's rate-limit bucket; 429 when it has none."""
     decision = await request.app.state.rate_limiter.take(
         principal.key_id, principal.rate_limit_per_second
     )
     setattr(request.state, STATE_KEY, decision)
     if not decision.allowed:
         raise refuse(decision)
+
+
+def check_permission(principal: Principal, permission: str) -> None:
     if permission not in principal.permissions:
         raise InsufficientPermissions(f"This API key lacks the {permission} permission.")
-    request.state.principal = principal
+
+
+async def authorize(request: Request, permission: str) -> Principal:
+    """Return who sent the request if its key holds `permission`; spend one rate-limit token.
+
+    The token comes first: every request a key makes spends from its bucket, and a key over
+    its limit is answered 429 whatever else is wrong with the request.
+    """
+    principal = await authenticate(request)
+    await spend_token(request, principal)
+    check_permission(principal, permission)
     return principal
 
 

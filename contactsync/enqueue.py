@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from importlib import resources
 from itertools import count
 from typing import Any
 
@@ -23,14 +22,13 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from contactsync import names
+from contactsync import names, scripts
 from contactsync.celery_message import build_task_message, queue_list_key
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate, task_argsrepr
 
 log = logging.getLogger("contactsync.gateway")
 
-ACCEPT_SCRIPT = resources.files("contactsync").joinpath("lua/accept.lua").read_text()
 IN_FLIGHT_SECONDS = 120
 # kombu's Redis transport keeps a message it handed to a worker here until it is acknowledged.
 UNACKED_KEY = "unacked"
@@ -53,6 +51,26 @@ class Idempotency:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """The rate-limit bucket a submission spends a token from: its key, rate and size."""
+
+    bucket_key: str
+    rate: int
+    burst: int
+
+
+@dataclass(frozen=True)
+class BucketState:
+    """A bucket's answer to one request: whether it had a token, whole tokens left, and
+    microseconds until it is full and until it holds a token."""
+
+    allowed: bool
+    remaining: int
+    full_in_us: int
+    wait_us: int
+
+
+@dataclass(frozen=True)
 class Submission:
     """An update the gateway has validated and wants queued."""
 
@@ -63,6 +81,7 @@ class Submission:
     queue: str
     idempotency: Idempotency | None = None
     reply_to: str | None = None
+    rate_limit: RateLimit | None = None
 
 
 def _unsequenced(submission: Submission, received_at: str) -> AcceptedUpdate:
@@ -77,6 +96,7 @@ def _unsequenced(submission: Submission, received_at: str) -> AcceptedUpdate:
 @dataclass(frozen=True)
 class Accepted:
     update: AcceptedUpdate
+    bucket: BucketState | None = None  # when the submission spent a rate-limit token
 
 
 @dataclass(frozen=True)
@@ -86,7 +106,14 @@ class Replayed:
     record: dict[str, Any]
 
 
-Outcome = Accepted | Replayed
+@dataclass(frozen=True)
+class RateRefused:
+    """The submission's rate-limit bucket had no token: nothing was queued."""
+
+    bucket: BucketState
+
+
+Outcome = Accepted | Replayed | RateRefused
 
 
 def idempotency_record(
@@ -130,7 +157,7 @@ class Enqueuer:
 
     def __init__(self, redis: Redis, *, idempotency_ttl: int, max_batch: int, origin: str) -> None:
         self._redis = redis
-        self._script = redis.register_script(ACCEPT_SCRIPT)
+        self._script = redis.register_script(scripts.ACCEPT)
         self._idempotency_ttl = idempotency_ttl
         self._max_batch = max_batch
         self._origin = origin
@@ -138,8 +165,9 @@ class Enqueuer:
     async def accept(self, submissions: Sequence[Submission]) -> list[Outcome]:
         """Queue every submission; return, in order, what became of each.
 
-        One script call when no idempotency key in the flush was seen before; each call that
-        finds some answers those and sends the others again.
+        One script call when every rate-limited submission gets its token and no idempotency
+        key was seen before; each call that finds otherwise answers those submissions and
+        sends the others again.
         """
         received_at = isoformat(utcnow())
         outcomes: list[Outcome | None] = [None] * len(submissions)
@@ -148,18 +176,30 @@ class Enqueuer:
             updates = [_unsequenced(submissions[i], received_at) for i in waiting]
             reply = await self._accept(updates, [submissions[i] for i in waiting])
             if int(reply[0]):
+                states = (int(v) for v in reply[1:])
                 for index, update, seq in zip(waiting, updates, count(int(reply[0])),
                                               strict=False):
-                    outcomes[index] = Accepted(replace(update, seq=seq))
+                    bucket = None
+                    if submissions[index].rate_limit:
+                        bucket = BucketState(True, next(states), next(states), next(states))
+                    outcomes[index] = Accepted(replace(update, seq=seq), bucket)
                 break
-            taken = {int(reply[i]): reply[i + 1] for i in range(1, len(reply), 2)}
-            with_key = [i for i in waiting if submissions[i].idempotency]
-            for position, record in taken.items():
-                outcomes[with_key[position - 1]] = Replayed(orjson.loads(record))
+            if reply[1] == b"rate":
+                limited = [i for i in waiting if submissions[i].rate_limit]
+                for at in range(2, len(reply), 4):
+                    left, full_in, wait = (int(v) for v in reply[at + 1 : at + 4])
+                    outcomes[limited[int(reply[at]) - 1]] = RateRefused(
+                        BucketState(False, left, full_in, wait)
+                    )
+            else:
+                with_key = [i for i in waiting if submissions[i].idempotency]
+                for at in range(2, len(reply), 2):
+                    outcomes[with_key[int(reply[at]) - 1]] = Replayed(orjson.loads(reply[at + 1]))
             waiting = [i for i in waiting if outcomes[i] is None]
         return [o for o in outcomes if o is not None]
 
     async def _accept(self, updates: list[AcceptedUpdate], submissions: list[Submission]) -> Any:
+        limits = [s.rate_limit for s in submissions if s.rate_limit]
         idem_keys: list[str] = []
         idem_records: list[bytes] = []
         for sub in submissions:
@@ -171,12 +211,13 @@ class Enqueuer:
         messages = self.task_messages(updates)
         return await self._script(
             keys=[
-                names.SEQUENCE_KEY, names.PENDING_KEY, *idem_keys,
-                *[names.update_body_key(u.update_id) for u in updates],
+                names.SEQUENCE_KEY, names.PENDING_KEY, *[limit.bucket_key for limit in limits],
+                *idem_keys, *[names.update_body_key(u.update_id) for u in updates],
                 *[queue_list_key(queue) for queue, _ in messages],
             ],
             args=[
-                len(updates), IN_FLIGHT_SECONDS, len(idem_keys), len(messages), *idem_records,
+                len(updates), IN_FLIGHT_SECONDS, len(idem_keys), len(messages), len(limits),
+                *[v for limit in limits for v in (limit.rate, limit.burst)], *idem_records,
                 *[u.update_id for u in updates], *[u.body_tail() for u in updates],
                 *[message for _, message in messages],
             ],

@@ -9,12 +9,11 @@ import subprocess
 import sys
 import threading
 import time
-from importlib import resources
 
 from redis import Redis
 from sqlalchemy import delete, select
 
-from contactsync import names
+from contactsync import names, scripts
 from contactsync.db import Database
 from contactsync.enqueue import requeue_orphans
 from contactsync.models import OutboxEvent
@@ -24,7 +23,6 @@ from worker.app import sweep_interval
 log = logging.getLogger("contactsync.relay")
 
 MAX_BACKOFF_SECONDS = 5.0  # the longest pause between failed passes
-PUBLISH_EVENTS = resources.files("contactsync").joinpath("lua/publish_events.lua").read_text()
 
 
 def relay_once(db: Database, redis: Redis, settings: Settings) -> int:
@@ -42,7 +40,7 @@ def relay_once(db: Database, redis: Redis, settings: Settings) -> int:
         ).all()
         if not rows:
             return 0
-        redis.register_script(PUBLISH_EVENTS)(  # EVALSHA; the script is loaded on need
+        redis.register_script(scripts.PUBLISH_EVENTS)(  # EVALSHA; the script is loaded on need
             keys=[settings.events_stream],
             args=[settings.events_stream_maxlen, *[payload for _, payload in rows]],
         )

@@ -9,14 +9,17 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from api_gateway.auth import authorize
+from api_gateway.auth import authenticate, check_permission, spend_token
 from api_gateway.body import read_json
 from api_gateway.metrics import ENQUEUE_SECONDS, WAIT_OUTCOMES
+from api_gateway.ratelimit import STATE_KEY as RATE_STATE_KEY
+from api_gateway.ratelimit import RateDecision, refuse
 from api_gateway.responses import JSONResponse, error_responses
 from api_gateway.state import Gateway
 from contactsync import names
-from contactsync.enqueue import Accepted, Idempotency, Replayed, Submission
+from contactsync.enqueue import Accepted, Idempotency, RateRefused, Replayed, Submission
 from contactsync.errors import (
+    ClientError,
     Conflict,
     IdempotencyKeyReused,
     NotFound,
@@ -95,29 +98,32 @@ ROUTE_PATH = "/external/v1/contacts/{contact_id}"
 async def update_contact(contact_id: str, request: Request) -> JSONResponse:
     """Update a contact: only the fields sent change; tags are replaced, custom fields merged."""
     # The busiest route reads its key and headers itself, and `api_gateway.edge` calls it
-    # without FastAPI's routing: both cost more per request than everything it does.
-    principal = await authorize(request, "contacts:write")
-    request.app.state.backlog.check()
+    # without FastAPI's routing: both cost more per request than everything it does. Its
+    # rate-limit token is spent by the script that queues its update, in the same round trip.
     gateway: Gateway = request.app.state.gateway
-    body = await read_json(request)
-    patch = parse_body(ContactUpdate, body).patch()
-    if not CONTACT_ID_PATTERN.match(contact_id):
-        raise NotFound("Contact not found.")
-    idem = None
-    idempotency_key = request.headers.get("idempotency-key")
-    if idempotency_key is not None:
-        if len(idempotency_key) > _MAX_IDEMPOTENCY_KEY or not _IDEMPOTENCY_KEY.match(
-            idempotency_key
-        ):
-            message = "must be " + _IDEMPOTENCY_HELP.split(";")[0]
-            raise ValidationFailed({"Idempotency-Key": message})
-        idem = Idempotency.of(idempotency_key, "PUT", request.url.path, body)
+    principal = await authenticate(request)
+    try:
+        check_permission(principal, "contacts:write")
+        request.app.state.backlog.check()
+        body = await read_json(request)
+        patch = parse_body(ContactUpdate, body).patch()
+        if not CONTACT_ID_PATTERN.match(contact_id):
+            raise NotFound("Contact not found.")
+        idem = _idempotency(request, body)
+    except ClientError:
+        # Every request spends a token, and one over its key's limit is answered 429 whatever
+        # else is wrong with it.
+        await spend_token(request, principal)
+        raise
     respond_async = _wants_async(request.headers.get("prefer"))
     update_id = new_update_id()
+    limit = request.app.state.rate_limiter.limit_of(
+        principal.key_id, principal.rate_limit_per_second
+    )
     submission = Submission(
         update_id=update_id, account_id=principal.account_id, contact_id=contact_id,
         patch=patch, queue=names.UPDATES_QUEUE, idempotency=idem,
-        reply_to=None if respond_async else gateway.waiter.channel,
+        reply_to=None if respond_async else gateway.waiter.channel, rate_limit=limit,
     )
     if not respond_async:
         gateway.waiter.expect(update_id)
@@ -128,11 +134,18 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
     except BaseException:
         gateway.waiter.forget(update_id)
         raise
-    if isinstance(outcome, Replayed):
+    if not isinstance(outcome, Accepted):
         gateway.waiter.forget(update_id)
+    if isinstance(outcome, RateRefused):
+        decision = RateDecision.of(limit.rate, outcome.bucket)
+        setattr(request.state, RATE_STATE_KEY, decision)
+        raise refuse(decision)
+    if isinstance(outcome, Replayed):
+        await spend_token(request, principal)  # the queueing script spent none for it
         assert idem is not None
         return _replay(outcome.record, idem)
-    assert isinstance(outcome, Accepted)
+    if outcome.bucket is not None:
+        setattr(request.state, RATE_STATE_KEY, RateDecision.of(limit.rate, outcome.bucket))
     if respond_async:
         status, payload, headers = _accepted(outcome.update, async_applied=True)
     else:
@@ -143,6 +156,15 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
             {"status": status, "body": payload, "headers": headers},
         )
     return JSONResponse(payload, status_code=status, headers=headers)
+
+
+def _idempotency(request: Request, body: Any) -> Idempotency | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if len(key) > _MAX_IDEMPOTENCY_KEY or not _IDEMPOTENCY_KEY.match(key):
+        raise ValidationFailed({"Idempotency-Key": "must be " + _IDEMPOTENCY_HELP.split(";")[0]})
+    return Idempotency.of(key, "PUT", request.url.path, body)
 
 
 def _accepted(

@@ -1,46 +1,75 @@
--- Accept one flush of updates, all or nothing: reserve their idempotency keys, allocate their
--- sequence numbers, store their bodies, mark them pending and push their task messages.
+-- Accept one flush of updates, all or nothing (after token_bucket.lua): take each one's
+-- rate-limit token, reserve its idempotency key, allocate sequence numbers, store the bodies,
+-- mark them pending and push the task messages.
 --
--- KEYS[1]: the sequence counter; KEYS[2]: the pending set;
--- then m idempotency keys, then n body keys (one per update), then k queue lists (one per
--- task message).
--- ARGV[1..4]: n, seconds an in-flight idempotency marker lives, m, k;
--- then m in-flight records (one per idempotency key), n update ids, n body tails (each body
--- but its leading `{"seq":N,`, which is spliced in here), k task messages.
+-- KEYS[1]: the sequence counter; KEYS[2]: the pending set; then r rate-limit buckets (one per
+-- update that spends a token, the same bucket possibly several times), m idempotency keys,
+-- n body keys (one per update), k queue lists (one per task message).
+-- ARGV[1..5]: n, seconds an in-flight idempotency marker lives, m, k, r; then r pairs (tokens
+-- per second, bucket size), m in-flight records, n update ids, n body tails (each body but
+-- its leading `{"seq":N,`, which is spliced in here), k task messages.
 --
--- Returns {first sequence number} when the flush is accepted. When any idempotency key is
--- already taken, nothing is written and it returns {0, i, record, ...}: each taken key's
--- position (1..m) and what it holds. The caller answers those and sends the rest again.
-local n, ttl, m, k = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local taken = {0}
-for i = 1, m do
-  local existing = redis.call('GET', KEYS[2 + i])
-  if existing then
-    taken[#taken + 1] = i
-    taken[#taken + 1] = existing
+-- Returns {first sequence number, then per bucket entry: tokens left, microseconds until
+-- full, microseconds until a token}. When something refuses part of the flush, nothing at all
+-- is written (not even a bucket) and it returns {0, 'rate', i, left, full, wait, ...} for the
+-- bucket entries without a token, else {0, 'idempotency', i, record, ...} for the idempotency
+-- keys already taken (i counts from 1 within its kind). The caller answers those and sends
+-- the rest again.
+local n, ttl, m, k, r = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4]), tonumber(ARGV[5])
+local buckets_at, records_at = 2, 5 + 2 * r
+local idem_at, bodies_at, queues_at = 2 + r, 2 + r + m, 2 + r + m + n
+local ids_at, tails_at, messages_at = records_at + m, records_at + m + n, records_at + m + 2 * n
+
+local now = clock_us()
+local buckets, granted, refused = {}, {}, {0, 'rate'}
+for i = 1, r do
+  local allowed, left, full_in, wait = take_token(
+    buckets, KEYS[buckets_at + i], tonumber(ARGV[4 + 2 * i]), tonumber(ARGV[5 + 2 * i]), now)
+  if allowed == 1 then
+    local at = #granted
+    granted[at + 1], granted[at + 2], granted[at + 3] = left, full_in, wait
+  else
+    local at = #refused
+    refused[at + 1], refused[at + 2], refused[at + 3], refused[at + 4] = i, left, full_in, wait
   end
 end
-if #taken > 1 then
+if #refused > 2 then
+  return refused
+end
+
+local taken = {0, 'idempotency'}
+for i = 1, m do
+  local existing = redis.call('GET', KEYS[idem_at + i])
+  if existing then
+    local at = #taken
+    taken[at + 1], taken[at + 2] = i, existing
+  end
+end
+if #taken > 2 then
   return taken
 end
+
+save_buckets(buckets)
 for i = 1, m do
-  redis.call('SET', KEYS[2 + i], ARGV[4 + i], 'EX', ttl)
+  redis.call('SET', KEYS[idem_at + i], ARGV[records_at + i], 'EX', ttl)
 end
-local now = redis.call('TIME')
 -- Server time in microseconds is a floor, so numbers never go backwards even when the
 -- counter itself was lost with Redis's data.
-local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local first = math.max(current + 1, floor)
+local first = math.max(current + 1, now)
 redis.call('SET', KEYS[1], string.format('%.0f', first + n - 1))
-local ids, tails, messages = 4 + m, 4 + m + n, 4 + m + 2 * n
 for i = 1, n do
   local seq = string.format('%.0f', first + i - 1)
-  redis.call('SET', KEYS[2 + m + i], '{"seq":' .. seq .. ',' .. ARGV[tails + i])
+  redis.call('SET', KEYS[bodies_at + i], '{"seq":' .. seq .. ',' .. ARGV[tails_at + i])
   -- The sequence is the Redis time it was accepted at (or just past it): the score.
-  redis.call('ZADD', KEYS[2], seq, ARGV[ids + i])
+  redis.call('ZADD', KEYS[2], seq, ARGV[ids_at + i])
 end
 for j = 1, k do
-  redis.call('LPUSH', KEYS[2 + m + n + j], ARGV[messages + j])
+  redis.call('LPUSH', KEYS[queues_at + j], ARGV[messages_at + j])
 end
-return {string.format('%.0f', first)}
+local result = {string.format('%.0f', first)}
+for _, value in ipairs(granted) do
+  result[#result + 1] = value
+end
+return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Iterator
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -13,13 +14,25 @@ from redis.asyncio import Redis as AsyncRedis
 
 from contactsync import names
 from contactsync.celery_message import queue_list_key
-from contactsync.enqueue import Accepted, Enqueuer, Idempotency, Outcome, Replayed, Submission
+from contactsync.enqueue import (
+    Accepted,
+    Enqueuer,
+    Idempotency,
+    Outcome,
+    RateLimit,
+    RateRefused,
+    Replayed,
+    Submission,
+)
 from contactsync.settings import Settings
 from contactsync.updates import AcceptedUpdate
 
+# A queue no worker reads: a session's workers may be running on this Redis.
+QUEUE = "tests.enqueue"
+
 
 def _empty(redis: Redis) -> None:
-    keys = [*redis.scan_iter("contactsync:*"), queue_list_key(names.UPDATES_QUEUE)]
+    keys = [*redis.scan_iter("contactsync:*"), queue_list_key(QUEUE)]
     if keys:
         redis.delete(*keys)
 
@@ -36,7 +49,7 @@ def _submission(n: int, key: str | None = None) -> Submission:
     patch = {"company": f"C{n}", "custom_fields": {"quote": 'say "hi"'}}
     return Submission(
         update_id=f"upd_enqueue{n:04d}", account_id="acc_enqueue", contact_id=f"cnt_{n}",
-        patch=patch, queue=names.UPDATES_QUEUE,
+        patch=patch, queue=QUEUE,
         idempotency=Idempotency.of(key, "PUT", f"/external/v1/contacts/cnt_{n}", patch)
         if key else None,
     )
@@ -55,7 +68,7 @@ def _accept(settings: Settings, submissions: list[Submission]) -> list[Outcome]:
 
 
 def _queued_ids(redis: Redis) -> list[list[str]]:
-    messages = redis.lrange(queue_list_key(names.UPDATES_QUEUE), 0, -1)
+    messages = redis.lrange(queue_list_key(QUEUE), 0, -1)
     return [orjson.loads(base64.b64decode(orjson.loads(m)["body"]))[0][0] for m in messages]
 
 
@@ -94,3 +107,26 @@ def test_a_flush_answers_a_known_idempotency_key_and_queues_only_the_others(
     digest = Idempotency.of("new", "PUT", "/", {}).key_digest
     record = redis.get(names.idempotency_key("acc_enqueue", digest))
     assert record is not None and orjson.loads(record)["update_id"] == "upd_enqueue0002"
+
+
+def test_a_flush_spends_rate_limit_tokens_and_queues_nothing_a_bucket_refused(
+    settings: Settings, redis: Redis
+) -> None:
+    bucket = RateLimit("contactsync:ratelimit:tests-enqueue", rate=1, burst=2)
+    limited = [replace(_submission(n), rate_limit=bucket) for n in (1, 2, 3)]
+    outcomes = _accept(settings, [limited[0], _submission(4), limited[1], limited[2]])
+    assert [type(o) for o in outcomes] == [Accepted, Accepted, Accepted, RateRefused]
+    first, unlimited, second, refused = outcomes
+    assert isinstance(first, Accepted) and isinstance(second, Accepted)
+    assert first.bucket is not None and first.bucket.remaining == 1
+    assert second.bucket is not None and second.bucket.remaining == 0
+    assert isinstance(unlimited, Accepted) and unlimited.bucket is None
+    assert isinstance(refused, RateRefused) and not refused.bucket.allowed
+    assert 0 < refused.bucket.wait_us <= 1_000_000
+    assert redis.get(names.update_body_key("upd_enqueue0003")) is None
+    assert sorted(_queued_ids(redis)[0]) == [
+        "upd_enqueue0001", "upd_enqueue0002", "upd_enqueue0004",
+    ]
+    # The bucket was written once, after the flush went through: empty now.
+    (again,) = _accept(settings, [replace(_submission(5), rate_limit=bucket)])
+    assert isinstance(again, RateRefused)

@@ -1,0 +1,16 @@
+"""The Lua scripts Redis runs for us, read from `contactsync/lua/`."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+
+def _read(name: str) -> str:
+    return resources.files("contactsync").joinpath(f"lua/{name}").read_text()
+
+
+_TOKEN_BUCKET = _read("token_bucket.lua")
+# Both take rate-limit tokens: each is the bucket functions followed by its own body.
+ACCEPT = _TOKEN_BUCKET + _read("accept.lua")
+RATE_LIMIT = _TOKEN_BUCKET + _read("rate_limit.lua")
+PUBLISH_EVENTS = _read("publish_events.lua")
