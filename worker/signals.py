@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
 import billiard.pool
-from celery.signals import setup_logging, worker_init, worker_ready, worker_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
 from contactsync.logs import configure
 from contactsync.settings import get_settings
@@ -46,6 +53,14 @@ def shorten_pool_exit_wait(**_: Any) -> None:
     billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT = POOL_EXIT_WAIT_TRIES
 
 
+def freeze_startup_objects(**_: Any) -> None:
+    """Move what start-up built out of the collector's sight, as the gateway does: a full pass
+    then walks only what tasks made, not the whole of Celery, kombu and SQLAlchemy. In the
+    main process before the pool forks, so that the children inherit it, and in each child
+    once it is set up. (Under default-mode load: apply p99 8.3 → 6.8 ms, one run each.)"""
+    gc.freeze()
+
+
 def start_relay(**_: Any) -> None:
     global _relay
     _relay = RelayProcess()
@@ -72,6 +87,8 @@ def stop_metrics_server(**_: Any) -> None:
 setup_logging.connect(configure_logging, weak=False)
 worker_init.connect(prepare_metrics, weak=False)
 worker_init.connect(shorten_pool_exit_wait, weak=False)
+worker_init.connect(freeze_startup_objects, weak=False)
+worker_process_init.connect(freeze_startup_objects, weak=False)
 worker_ready.connect(start_relay, weak=False)
 worker_ready.connect(start_metrics_server, weak=False)
 worker_shutdown.connect(stop_relay, weak=False)
