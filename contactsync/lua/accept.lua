@@ -38,12 +38,16 @@ if #refused > 2 then
   return refused
 end
 
-local taken = {0, 'idempotency'}
+local taken, first_record = {0, 'idempotency'}, {}
 for i = 1, m do
-  local existing = redis.call('GET', KEYS[idem_at + i])
+  local key = KEYS[idem_at + i]
+  -- A key twice in one flush: the second finds the first in flight, as it would a moment later.
+  local existing = first_record[key] or redis.call('GET', key)
   if existing then
     local at = #taken
     taken[at + 1], taken[at + 2] = i, existing
+  else
+    first_record[key] = ARGV[records_at + i]
   end
 end
 if #taken > 2 then

@@ -130,3 +130,16 @@ def test_a_flush_spends_rate_limit_tokens_and_queues_nothing_a_bucket_refused(
     # The bucket was written once, after the flush went through: empty now.
     (again,) = _accept(settings, [replace(_submission(5), rate_limit=bucket)])
     assert isinstance(again, RateRefused)
+
+
+def test_one_idempotency_key_twice_in_a_flush_queues_one_update(
+    settings: Settings, redis: Redis
+) -> None:
+    retry = replace(_submission(1, key="twice"), update_id="upd_enqueue0009")  # a client's retry
+    outcomes = _accept(settings, [_submission(1, key="twice"), retry])
+    first, second = outcomes
+    assert isinstance(first, Accepted)
+    assert isinstance(second, Replayed)  # the route answers 409: still in flight
+    assert second.record["update_id"] == first.update.update_id
+    assert second.record["response"] is None
+    assert _queued_ids(redis) == [[first.update.update_id]]
