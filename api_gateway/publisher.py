@@ -1,14 +1,16 @@
-"""Gather the updates a gateway process accepts within a few milliseconds into one flush.
+"""Gather the updates a gateway process accepts close together into one flush.
 
 Requests hand their submission over and wait for its outcome; one background task flushes
-whatever has gathered (two Redis round trips, one task message per queue), so the cost per
+whatever has gathered (one Redis round trip, one task message per queue), so the cost per
 update falls as the load rises, and a 2xx is sent only after the update is safely in Redis.
 
-A default-mode PUT waits for a worker to apply its update, so a flush holding one lingers
-longer (10 ms rather than 2 by default), and five times that while the workers are behind (task
-messages wait in the queue): its update would wait behind those anyway, and fewer, larger
-messages are what lets the workers catch up. Flushes of async updates only keep the short
-linger: their clients wait for nothing but Redis.
+A flush of async updates waits for company only while requests keep arriving, at most
+`publish_linger_ms` (1 ms): once the process has nothing else in hand it goes at once, since
+a fixed wait would leave it idle with every client waiting on the same flush. A default-mode
+PUT waits for a worker to apply its update, so a flush holding one lingers its full 10 ms,
+and five times that while the workers are behind (task messages wait in the queue): its
+update would wait behind those anyway, and fewer, larger messages are what lets the workers
+catch up.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from contactsync.enqueue import Enqueuer, Outcome, Submission
 log = logging.getLogger("contactsync.gateway")
 
 BACKLOGGED_FACTOR = 5
+QUIET_PASSES = 2  # event-loop passes without a new submission after which a flush goes
 
 
 class Publisher:
@@ -71,14 +74,32 @@ class Publisher:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            linger = self._linger
             if any(submission.reply_to for submission, _ in self._pending):
                 linger = self._wait_linger * (BACKLOGGED_FACTOR if self._backlogged() else 1)
-            if linger and len(self._pending) < self._max_batch:
-                await asyncio.sleep(linger)
+                if linger and len(self._pending) < self._max_batch:
+                    await asyncio.sleep(linger)
+            elif self._linger:
+                await self._gather_while_busy(self._linger)
             self._wake.clear()
             while self._pending:
                 await self._flush()
+
+    async def _gather_while_busy(self, most: float) -> None:
+        """Wait for company while requests keep arriving, at most `most` seconds.
+
+        Each pass lets the event loop run what it has ready: requests read meanwhile reach
+        their submission within a pass or two. A pass that brings none means the process has
+        nothing else in hand, and waiting longer would only idle it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + most
+        quiet = 0
+        while len(self._pending) < self._max_batch and loop.time() < deadline:
+            before = len(self._pending)
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if len(self._pending) == before else 0
+            if quiet == QUIET_PASSES:
+                return
 
     async def _flush(self) -> None:
         batch = self._pending[: self._max_batch * 4]

@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     )
     publish_linger_ms: float = Field(
         default=1.0, ge=0, le=100,
-        description="how long the gateway gathers updates into one queue message",
+        description="at most how long the gateway gathers async updates into one queue message "
+        "(it stops as soon as no more are arriving)",
     )
     publish_wait_linger_ms: float = Field(
         default=10.0, ge=0, le=100,
