@@ -510,3 +510,36 @@ def test_a_body_the_worker_refuses_still_ends_failed(stack: Stack) -> None:
         assert record.status == "failed"
     finally:
         stack.redis.delete(names.update_body_key(newer.update_id))
+
+
+def relay_processes(pid: int) -> list[int]:
+    """Return the pids of a worker's outbox relay processes (its children running tasks.relay)."""
+    found = []
+    # Every thread's children: a relay started again is the child of the thread watching it.
+    children = [c for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    for child in children:
+        try:
+            if b"tasks.relay" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_relay_that_dies_is_started_again(stack: Stack) -> None:
+    # Without its relay a worker publishes no event and queues no lost message again, while it
+    # goes on applying updates as if all were well.
+    tenant = make_tenant(stack.db, "acme")
+    contact_id = make_contact(stack.db, tenant.account_id)
+    (relay,) = wait_until(lambda: relay_processes(stack.worker.popen.pid), timeout=15)
+    os.kill(relay, signal.SIGKILL)
+    (again,) = wait_until(
+        lambda: [p for p in relay_processes(stack.worker.popen.pid) if p != relay], timeout=15
+    )
+    assert "the outbox relay exited (code -9); starting it again" in stack.worker.log()
+    update = accepted(tenant.account_id, contact_id, {"position": "CTO"})
+    push(stack.redis, [update])
+    events = wait_relayed(stack, 1)
+    assert [e["update_id"] for e in events] == [update.update_id]
+    assert again in relay_processes(stack.worker.popen.pid)
