@@ -16,6 +16,7 @@ from sqlalchemy import delete, select
 from contactsync import names, scripts
 from contactsync.db import Database
 from contactsync.enqueue import requeue_orphans
+from contactsync.logs import configure
 from contactsync.models import OutboxEvent
 from contactsync.settings import Settings, get_settings
 from worker.app import sweep_interval
@@ -114,8 +115,7 @@ def _relay_process_main(parent_pid: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):  # both mean: drain, then exit
         signal.signal(signum, lambda *_: stop.set())
     settings = get_settings()
-    log_format = "[%(asctime)s: %(levelname)s/relay] %(message)s"
-    logging.basicConfig(level=settings.log_level, format=log_format)
+    configure(settings)  # as the worker logs: JSON lines unless stderr is a terminal
     run_relay(settings, stop, parent_pid)
 
 
