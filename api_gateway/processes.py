@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
+import threading
 import time
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -24,6 +26,7 @@ import uvicorn
 log = logging.getLogger("contactsync.gateway")
 
 RESTART_PAUSE_SECONDS = 1.0  # between two starts of the same slot: no busy loop of crashes
+STARTUP_FAILURE = 3  # uvicorn's exit status when the application cannot start
 
 
 def reuse_port_available() -> bool:
@@ -32,20 +35,37 @@ def reuse_port_available() -> bool:
     return hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")
 
 
-def _socket(host: str, port: int) -> socket.socket:
+def _socket(host: str, port: int, *, shared: bool = True) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     return sock
 
 
-def _serve_one(config: dict[str, Any]) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """SIGTERM this process (a graceful stop) once the launcher is gone: a gateway process
+    left behind would go on sharing the port with whatever starts on it next."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _serve_one(config: dict[str, Any], parent: int) -> None:
     """One gateway process: its own socket in the port's group, then uvicorn as usual."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     server = uvicorn.Server(uvicorn.Config(**config))
-    sock = _socket(config["host"], config["port"])
+    try:
+        server.config.load()  # the application; uvicorn logs why it cannot, then exits
+        sock = _socket(config["host"], config["port"])
+    except (OSError, SystemExit) as exc:
+        log.error("a gateway process could not start (%s)", exc)
+        sys.exit(STARTUP_FAILURE)
     sock.listen(2048)
     server.run(sockets=[sock])
+    if not server.started:  # as `uvicorn.run` does: the application failed to start
+        sys.exit(STARTUP_FAILURE)
 
 
 def serve(config: dict[str, Any], workers: int, stop_timeout: float) -> int:
@@ -53,12 +73,17 @@ def serve(config: dict[str, Any], workers: int, stop_timeout: float) -> int:
 
     Raises OSError at once when the address cannot be bound (taken by another program).
     """
+    # Any socket on the port, even another gateway's SO_REUSEPORT one, fails a plain bind: a
+    # second gateway must not silently join the first one's group and take half its traffic.
+    _socket(config["host"], config["port"], shared=False).close()
     # Bound, never listening: the port stays ours, yet takes no connection of the group's.
     reservation = _socket(config["host"], config["port"])
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters, as uvicorn's workers
 
     def start() -> BaseProcess:
-        process = spawn.Process(target=_serve_one, args=(config,), name="contactsync-gateway")
+        process = spawn.Process(
+            target=_serve_one, args=(config, os.getpid()), name="contactsync-gateway"
+        )
         process.start()
         return process
 
@@ -67,11 +92,19 @@ def serve(config: dict[str, Any], workers: int, stop_timeout: float) -> int:
         signal.signal(signum, lambda received, _frame: stopping.append(received))
     processes = [start() for _ in range(workers)]
     started = [time.monotonic()] * workers
+    status = 0
     try:
         while not stopping:
             for slot, process in enumerate(processes):
                 if process.is_alive() or time.monotonic() - started[slot] < RESTART_PAUSE_SECONDS:
                     continue
+                if process.exitcode == STARTUP_FAILURE:
+                    # Starting again would fail again (the application does not load, the
+                    # port was taken): stop, as a single uvicorn process would.
+                    log.error("a gateway process could not start; stopping")
+                    stopping.append(0)
+                    status = STARTUP_FAILURE
+                    break
                 log.warning("gateway process %s exited (code %s); starting another",
                             process.pid, process.exitcode)
                 processes[slot], started[slot] = start(), time.monotonic()
@@ -86,4 +119,4 @@ def serve(config: dict[str, Any], workers: int, stop_timeout: float) -> int:
                 process.kill()
                 process.join(5)
         reservation.close()
-    return 0
+    return status

@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from contactsync.settings import Settings
 from tests.e2e.gateways import private_redis
 from tests.e2e.ops import CONTACTSYNC, contactsync, stop_gently, wait_http_ok
-from tests.support import free_port, service_env, wait_until
+from tests.support import ROOT, free_port, service_env, wait_until
 
 
 def _children(pid: int) -> set[int]:
@@ -65,6 +66,16 @@ def test_connections_spread_over_the_processes_and_a_dead_one_is_replaced(
             assert set(held) == workers, (held, workers)
             assert min(held.values()) >= 5, held
 
+            # A second gateway on the same port does not join this one's sockets.
+            second = subprocess.run(
+                [CONTACTSYNC, "gateway", "--port", str(port), "--workers", "2"],
+                env=service_env(settings.database_url, redis_url),
+                capture_output=True, text=True, timeout=60,
+            )
+            assert second.returncode != 0
+            assert "Address already in use" in second.stderr.strip(), second.stderr
+            assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+
             os.kill(next(iter(workers)), signal.SIGKILL)
             wait_until(lambda: len(_gateway_processes(gateway.popen.pid) - workers) == 1,
                        timeout=30)
@@ -94,3 +105,39 @@ def test_a_port_another_program_holds_is_one_line_of_error(
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Address already in use" in lines[0], result.stderr
+
+
+def test_the_processes_stop_when_their_launcher_is_killed(
+    settings: Settings, tmp_path: Path, backend: str
+) -> None:
+    # Left running, they would go on sharing the port with whatever starts on it next.
+    if backend != "sqlite":
+        pytest.skip("backend-independent: run once, on the SQLite stack")
+    with private_redis(tmp_path) as redis_url:
+        port = free_port()
+        gateway = contactsync(
+            ["gateway", "--port", str(port), "--workers", "2"],
+            service_env(settings.database_url, redis_url), tmp_path / "gateway.log",
+        )
+        try:
+            wait_http_ok(f"http://127.0.0.1:{port}/readyz")
+            workers = wait_until(lambda: _gateway_processes(gateway.popen.pid), timeout=30)
+            os.kill(gateway.popen.pid, signal.SIGKILL)
+            wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in workers),
+                       timeout=30)
+        finally:
+            gateway.stop()
+
+
+def test_an_application_that_cannot_start_stops_the_launcher(backend: str) -> None:
+    # Started again and again it would fail the same way: exit, as one uvicorn process does.
+    if backend != "sqlite":
+        pytest.skip("backend-independent: run once, on the SQLite stack")
+    launch = (
+        "from api_gateway import processes; raise SystemExit(processes.serve("
+        f"{{'app': 'no_such_module:app', 'host': '127.0.0.1', 'port': {free_port()}}}, 2, 10))"
+    )
+    result = subprocess.run([sys.executable, "-c", launch], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "a gateway process could not start; stopping" in result.stderr
