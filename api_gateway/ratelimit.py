@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,27 @@ class RateLimiter:
         self._default_rate = default_rate
         self._pending: list[tuple[str, int, asyncio.Future[RateDecision]]] = []
         self._taker: asyncio.Task[None] | None = None
+        self._empty_until: dict[str, float] = {}
+
+    def note_empty(self, key_id: str, state: BucketState) -> None:
+        """Remember that this key's bucket has no token for `state.wait_us` more.
+
+        Meanwhile its contact PUTs take a token of their own before anything else (and are
+        refused at once, body unread) instead of joining a flush: each refusal in a flush
+        sends the whole flush, every other key's updates with it, to Redis a second time.
+        """
+        if len(self._empty_until) > 10_000:
+            self._empty_until.clear()
+        self._empty_until[key_id] = time.monotonic() + state.wait_us / 1_000_000
+
+    def known_empty(self, key_id: str) -> bool:
+        until = self._empty_until.get(key_id)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._empty_until[key_id]
+        return False
 
     def limit_of(self, key_id: str, rate: int | None) -> RateLimit:
         """Return the bucket a request of this key spends from, for the accept script."""

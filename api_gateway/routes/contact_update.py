@@ -13,7 +13,7 @@ from api_gateway.auth import authenticate, check_permission, spend_token
 from api_gateway.body import read_json
 from api_gateway.metrics import ENQUEUE_SECONDS, WAIT_OUTCOMES
 from api_gateway.ratelimit import STATE_KEY as RATE_STATE_KEY
-from api_gateway.ratelimit import RateDecision, refuse
+from api_gateway.ratelimit import RateDecision, RateLimiter, refuse
 from api_gateway.responses import JSONResponse, error_responses
 from api_gateway.state import Gateway
 from contactsync import names
@@ -101,7 +101,11 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
     # without FastAPI's routing: both cost more per request than everything it does. Its
     # rate-limit token is spent by the script that queues its update, in the same round trip.
     gateway: Gateway = request.app.state.gateway
+    limiter: RateLimiter = request.app.state.rate_limiter
     principal = await authenticate(request)
+    spent = limiter.known_empty(principal.key_id)
+    if spent:  # over its limit a moment ago: refused here, most likely
+        await spend_token(request, principal)
     try:
         check_permission(principal, "contacts:write")
         request.app.state.backlog.check()
@@ -113,17 +117,17 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
     except ClientError:
         # Every request spends a token, and one over its key's limit is answered 429 whatever
         # else is wrong with it.
-        await spend_token(request, principal)
+        if not spent:
+            await spend_token(request, principal)
         raise
     respond_async = _wants_async(request.headers.get("prefer"))
     update_id = new_update_id()
-    limit = request.app.state.rate_limiter.limit_of(
-        principal.key_id, principal.rate_limit_per_second
-    )
+    limit = limiter.limit_of(principal.key_id, principal.rate_limit_per_second)
     submission = Submission(
         update_id=update_id, account_id=principal.account_id, contact_id=contact_id,
         patch=patch, queue=names.UPDATES_QUEUE, idempotency=idem,
-        reply_to=None if respond_async else gateway.waiter.channel, rate_limit=limit,
+        reply_to=None if respond_async else gateway.waiter.channel,
+        rate_limit=None if spent else limit,
     )
     if not respond_async:
         gateway.waiter.expect(update_id)
@@ -137,11 +141,13 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
     if not isinstance(outcome, Accepted):
         gateway.waiter.forget(update_id)
     if isinstance(outcome, RateRefused):
+        limiter.note_empty(principal.key_id, outcome.bucket)
         decision = RateDecision.of(limit.rate, outcome.bucket)
         setattr(request.state, RATE_STATE_KEY, decision)
         raise refuse(decision)
     if isinstance(outcome, Replayed):
-        await spend_token(request, principal)  # the queueing script spent none for it
+        if not spent:  # the queueing script spent none for it
+            await spend_token(request, principal)
         assert idem is not None
         return _replay(outcome.record, idem)
     if outcome.bucket is not None:
