@@ -1,8 +1,9 @@
 """Accept updates into the queue: sequence numbers, idempotency, bodies and task messages.
 
-One flush costs one Redis round trip whatever its size: a Lua script that reserves the
-idempotency keys, allocates the sequence numbers, stores the bodies and pushes the task
-messages, all or nothing. That is what keeps the gateway's request path cheap.
+One flush costs one Redis round trip whatever its size: a Lua script that spends the
+rate-limit tokens, reserves the idempotency keys, allocates the sequence numbers, stores the
+bodies and pushes the task messages, all or nothing. That is what keeps the gateway's
+request path cheap.
 """
 
 from __future__ import annotations

@@ -36,19 +36,11 @@ def _rows_json(rows: Sequence[dict[str, Any]]) -> str:
     return orjson.dumps(rows).decode()
 
 
-class RowInsert:
-    """INSERT of many rows, each a dict with every one of `columns`."""
+class _RowStatement:
+    """One statement for many rows: the JSON-array form on PostgreSQL, else executemany."""
 
-    def __init__(self, table: Table, columns: Sequence[str]) -> None:
-        names = ", ".join(_quote(c) for c in columns)
-        typed = _typed(table, {c: c for c in columns})
-        # In the list's order, so that serial ids (the outbox's) follow it as executemany's do.
-        self._postgres: TextClause = text(
-            f"INSERT INTO {_quote(table.name)} ({names}) SELECT {names} "
-            f"FROM ROWS FROM (json_to_recordset(CAST(:rows AS json)) AS ({typed})) "
-            f"WITH ORDINALITY AS r({names}, row_number) ORDER BY row_number"
-        )
-        self._portable: Insert = insert(table)
+    _postgres: TextClause
+    _portable: Insert | Update
 
     def run(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
@@ -59,7 +51,22 @@ class RowInsert:
             connection.execute(self._portable, list(rows))
 
 
-class RowUpdate:
+class RowInsert(_RowStatement):
+    """INSERT of many rows, each a dict with every one of `columns`."""
+
+    def __init__(self, table: Table, columns: Sequence[str]) -> None:
+        names = ", ".join(_quote(c) for c in columns)
+        typed = _typed(table, {c: c for c in columns})
+        # In the list's order, so that serial ids (the outbox's) follow it as executemany's do.
+        self._postgres = text(
+            f"INSERT INTO {_quote(table.name)} ({names}) SELECT {names} "
+            f"FROM ROWS FROM (json_to_recordset(CAST(:rows AS json)) AS ({typed})) "
+            f"WITH ORDINALITY AS r({names}, row_number) ORDER BY row_number"
+        )
+        self._portable = insert(table)
+
+
+class RowUpdate(_RowStatement):
     """UPDATE of many rows by primary key: each row a dict with `key` (the row's id, under
     that name) and every one of `columns`."""
 
@@ -67,20 +74,12 @@ class RowUpdate:
         typed = _typed(table, {key: id_column, **{c: c for c in columns}})
         assignments = ", ".join(f"{_quote(c)} = r.{_quote(c)}" for c in columns)
         name = _quote(table.name)
-        self._postgres: TextClause = text(
+        self._postgres = text(
             f"UPDATE {name} SET {assignments} "
             f"FROM json_to_recordset(CAST(:rows AS json)) AS r({typed}) "
             f"WHERE {name}.{_quote(id_column)} = r.{_quote(key)}"
         )
-        self._portable: Update = (
+        self._portable = (
             update(table).where(table.c[id_column] == bindparam(key))
             .values({c: bindparam(c) for c in columns})
         )
-
-    def run(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        if connection.dialect.name == "postgresql":
-            connection.execute(self._postgres, {"rows": _rows_json(rows)})
-        else:
-            connection.execute(self._portable, list(rows))
