@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -108,6 +110,21 @@ def wait_for(probe: object, what: str, timeout: float = 60) -> None:
     raise SystemExit(f"bench: {what} did not start")
 
 
+def socket_pids(port: int, state: str) -> Counter[int]:
+    """Which process holds each TCP socket of local port `port` in `state` (from `ss`)."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", state, f"( sport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return Counter(int(pid) for pid in re.findall(r"pid=(\d+)", out))
+
+
+def wait_listening(port: int, processes: int, what: str) -> None:
+    """Wait until `processes` processes listen on `port`: one that answered is not enough,
+    since a connection opened while another is still starting stays with the first."""
+    wait_for(lambda: len(socket_pids(port, "listening")) == processes, what)
+
+
 @dataclass
 class Service:
     name: str
@@ -165,6 +182,7 @@ def start_gateway(env: dict[str, str], port: int, workers: int, log_dir: Path) -
     service = start("gateway", [sys.executable, "-m", "contactsync", "gateway", "--port",
                                 str(port), "--workers", str(workers)], env, log_dir)
     wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, "gateway")
+    wait_listening(port, workers, "gateway")
     return service
 
 
@@ -173,6 +191,7 @@ def start_bare(env: dict[str, str], port: int, workers: int, log_dir: Path) -> S
                              "--workers", str(workers)], env, log_dir)
     wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200,
              "bare app")
+    wait_listening(port, workers, "bare app")
     return service
 
 

@@ -4,18 +4,17 @@ so connections spread over the processes; a dead process is replaced; SIGTERM st
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from bench.services import socket_pids
 from contactsync.settings import Settings
 from tests.e2e.gateways import private_redis
 from tests.e2e.ops import CONTACTSYNC, contactsync, stop_gently, wait_http_ok
@@ -24,15 +23,6 @@ from tests.support import ROOT, Process, free_port, service_env, wait_until
 
 def _children(pid: int) -> set[int]:
     return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-
-
-def _serving_pids(port: int) -> Counter[int]:
-    """Which process holds each connection established to `port` (from `ss`)."""
-    out = subprocess.run(
-        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    return Counter(int(pid) for pid in re.findall(r"pid=(\d+)", out))
 
 
 def _gateway_processes(parent: int) -> set[int]:
@@ -75,12 +65,14 @@ def test_connections_spread_over_the_processes_and_a_dead_one_is_replaced(
     with _two_process_gateway(settings, tmp_path) as (gateway, port, redis_url):
         wait_until(lambda: len(_gateway_processes(gateway.popen.pid)) == 2, timeout=30)
         workers = _gateway_processes(gateway.popen.pid)
+        # /readyz answered from one process; the other may still be starting.
+        wait_until(lambda: set(socket_pids(port, "listening")) == workers, timeout=30)
         # Forty kept-alive connections, as an integration's pool holds them: each process
         # gets its share (under one shared socket, one often took nearly all).
         connections = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
         try:
-            wait_until(lambda: sum(_serving_pids(port).values()) == 40, timeout=10)
-            held = _serving_pids(port)
+            wait_until(lambda: sum(socket_pids(port, "established").values()) == 40, timeout=10)
+            held = socket_pids(port, "established")
         finally:
             for connection in connections:
                 connection.close()
