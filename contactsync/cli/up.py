@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -24,6 +26,7 @@ from contactsync.migrate import upgrade
 from contactsync.models import Account, ApiKey, Contact
 from contactsync.settings import Settings, get_settings
 from contactsync.timeutil import utcnow
+from worker.app import create_app as create_worker_app
 
 STATE_DIR = Path(".contactsync")
 DEMO_ACCOUNT = "demo"
@@ -106,18 +109,36 @@ def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "contactsync", *command], env=env)
 
 
-def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+def _wait_until(
+    ready: Callable[[], bool], what: str, processes: list[subprocess.Popen[bytes]],
+    timeout: float = 60,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in processes):
             raise CliError("a component exited during start-up; see its output above")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if ready():
+            return
         time.sleep(0.2)
-    raise CliError(f"the gateway did not become ready at {url}")
+    raise CliError(f"{what} did not become ready within {timeout:.0f} s")
+
+
+def _gateway_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _worker_ready(settings: Settings, redis_url: str) -> Callable[[], bool]:
+    """A probe of whether a worker answers Celery's ping: until then, the banner's example
+    PUT would wait for a worker still starting, and answer 202 instead of the applied update."""
+    control = create_worker_app(settings.model_copy(update={"redis_url": redis_url})).control
+
+    def ready() -> bool:
+        return bool(control.ping(timeout=0.5))
+
+    return ready
 
 
 def _banner(gateway_url: str, flower_url: str, key: str, settings: Settings) -> str:
@@ -170,7 +191,8 @@ def run(gateway_port: int, flower_port: int) -> int:
         processes.append(_spawn(["worker"], env))
         processes.append(_spawn(["flower", "--port", str(flower_port)], env))
         gateway_url = f"http://127.0.0.1:{gateway_port}"
-        _wait_ready(f"{gateway_url}/readyz", processes)
+        _wait_until(partial(_gateway_ready, gateway_url), "the gateway", processes)
+        _wait_until(_worker_ready(settings, redis_url), "the worker", processes)
         print(_banner(gateway_url, f"http://127.0.0.1:{flower_port}", key, settings),
               flush=True)
         _wait_for_exit(processes)

@@ -189,6 +189,8 @@ def test_up_in_a_terminal_logs_plain_text_and_prints_flower_credentials(
     term, url = terminal_up
     wait_until(lambda: "contactsync is up." in term.screen(), timeout=90, interval=0.2)
     screen = term.screen()
+    # The banner waits for the worker too: its example PUT is then applied, not left queued.
+    assert -1 < screen.find(" ready.") < screen.index("contactsync is up."), screen
     assert "user: ops  password: terminal-pass" in screen
     key = re.search(r"API key\s+(csk_live_\S+)", screen)
     assert key, screen
