@@ -26,6 +26,7 @@ from tests.e2e.helpers import (
     settled_events,
     update_records,
 )
+from tests.e2e.ops import samples, value
 from tests.support import wait_until
 
 RATE_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
@@ -153,6 +154,12 @@ def test_a_key_set_to_a_higher_rate_gets_a_bigger_bucket(stack: Stack) -> None:
 # --- backlog --------------------------------------------------------------------------
 
 
+def backlog_seen(base_url: str) -> float:
+    """Return the backlog a gateway saw at its last refresh (its own gauge)."""
+    scraped = samples(httpx.get(f"{base_url}/metrics", timeout=10).text)
+    return value(scraped, "contactsync_gateway_backlog_updates")
+
+
 def test_over_the_backlog_new_updates_get_503_and_nothing_queued_is_dropped(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -170,7 +177,7 @@ def test_over_the_backlog_new_updates_get_503_and_nothing_queued_is_dropped(
                 response = client.put(path, json={"position": f"P{len(accepted)}"}, headers=ASYNC)
                 if response.status_code == 202:
                     accepted.append(response.json()["data"]["update_id"])
-                    time.sleep(0.12)  # let the gauge see it
+                    wait_until(lambda: backlog_seen(idle.base_url) == len(accepted), timeout=10)
                     return None
                 return response
 
@@ -194,7 +201,7 @@ def test_over_the_backlog_new_updates_get_503_and_nothing_queued_is_dropped(
 
             # Once workers drain the queues, updates are taken again.
             idle.redis.delete(queue_list_key(names.UPDATES_QUEUE))
-            time.sleep(0.2)
+            wait_until(lambda: backlog_seen(idle.base_url) == 0, timeout=10)
             again = client.put(path, json={"position": "Later"}, headers=ASYNC)
             assert again.status_code == 202, again.text
     assert get_contact(stack, tenant.key, contact_id)["position"] == "Intern"
@@ -214,7 +221,7 @@ def test_the_backlog_counts_updates_not_messages(stack: Stack, tmp_path: Path) -
             )
             assert batch.status_code == 202, batch.text
             assert idle.redis.llen(queue_list_key(names.BULK_QUEUE)) == 1  # one message of 5
-            time.sleep(0.2)
+            wait_until(lambda: backlog_seen(idle.base_url) == 5, timeout=10)
             refused = client.put(contact_path(contact_ids[0]), json={"company": "X"})
             assert_error(refused, 503, "SERVICE_UNAVAILABLE")
     metrics = api(stack).get("/metrics").text
