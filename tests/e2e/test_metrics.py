@@ -19,7 +19,7 @@ from contactsync.models import OutboxEvent
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
 from tests.conftest import make_contact, make_tenant
-from tests.e2e.ops import Services, own_services, samples, value, wait_http_ok
+from tests.e2e.ops import Services, own_services, samples, value
 from tests.support import wait_until
 from worker.metrics_server import OutboxCollector
 
@@ -82,7 +82,10 @@ def _check_counts(
     assert set(statuses) <= {"applied", "noop"}, statuses
     applied = 1 + statuses.count("applied") + (1 if retried else 0)
 
-    worker = samples(wait_http_ok(services.metrics_url).text)
+    finished = 4 + len(queued) + retried  # every update sent
+    # A record is committed a moment before its counters move: scrape once every one has.
+    worker = wait_until(partial(_scraped_once, services.metrics_url,
+                                "contactsync_worker_lag_seconds_count", finished), timeout=20)
     assert value(worker, "contactsync_worker_updates_total", status="applied") == applied
     assert value(worker, "contactsync_worker_updates_total", status="noop") == (
         1 + statuses.count("noop"))
@@ -90,7 +93,6 @@ def _check_counts(
     assert value(worker, "contactsync_worker_updates_total", status="failed") == 1
     assert value(worker, "contactsync_worker_updates_total", status="duplicate") == 0
     assert value(worker, "contactsync_worker_updates_retried_total") == retried
-    finished = 4 + len(queued) + retried  # every update sent
     assert value(worker, "contactsync_worker_lag_seconds_count") == finished
     assert value(worker, "contactsync_worker_lag_seconds_bucket", le="+Inf") == finished
     assert value(worker, "contactsync_worker_updates_total", queue="contacts.updates") == finished
@@ -101,8 +103,10 @@ def _check_counts(
     # Fresh connections spread over both gateway processes; the counts are their sum.
     for _ in range(20):
         assert httpx.get(f"{services.gateway_url}/healthz").status_code == 200
-    gateway = samples(httpx.get(f"{services.gateway_url}/metrics").text)
     requests = "contactsync_gateway_requests_total"
+    # (A request is counted just after its response is sent.)
+    gateway = wait_until(partial(_scraped_once, f"{services.gateway_url}/metrics", requests,
+                                 20, route="/healthz"), timeout=20)
     assert value(gateway, requests, route="/healthz", method="GET", status="200") == 20
     assert value(gateway, requests, route=PUT_ROUTE, method="PUT", status="200") == 2
     assert value(gateway, requests, route=PUT_ROUTE, method="PUT", status="202") == 5 + (
@@ -116,6 +120,14 @@ def _check_counts(
     assert value(gateway, "contactsync_gateway_enqueue_seconds_count") == finished
     scraped = httpx.get(f"{services.gateway_url}/metrics").text
     assert one not in scraped and "example.com" not in scraped
+
+
+def _scraped_once(
+    url: str, name: str, count: float, **labels: str
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+    """Scrape `url`; return the samples once `name` (with `labels`) has reached `count`."""
+    scraped = samples(httpx.get(url, timeout=10).text)
+    return scraped if value(scraped, name, **labels) >= count else None
 
 
 def _one_update_retried_behind_a_row_lock(

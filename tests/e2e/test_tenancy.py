@@ -79,15 +79,19 @@ def test_another_accounts_queued_update_is_not_found(stack: Stack, two: Two) -> 
         contact_id=two.b_contact, seq=1, received_at="2024-01-25T10:00:00.000Z",
         patch={"position": "CFO"}, queue=names.UPDATES_QUEUE,
     )
-    stack.redis.set(names.update_body_key(update.update_id), update.to_json())
-    path = f"/external/v1/updates/{update.update_id}"
-    mine = api(stack, two.b.key).get(path)
-    assert mine.status_code == 200, mine.text
-    assert mine.json()["data"]["status"] == "queued"
-    assert_update_shape(mine.json()["data"])
-    theirs = api(stack, two.a.key).get(path)
-    assert_error(theirs, 404, "NOT_FOUND")
-    assert two.b_contact not in theirs.text
+    body_key = names.update_body_key(update.update_id)
+    stack.redis.set(body_key, update.to_json())
+    try:
+        path = f"/external/v1/updates/{update.update_id}"
+        mine = api(stack, two.b.key).get(path)
+        assert mine.status_code == 200, mine.text
+        assert mine.json()["data"]["status"] == "queued"
+        assert_update_shape(mine.json()["data"])
+        theirs = api(stack, two.a.key).get(path)
+        assert_error(theirs, 404, "NOT_FOUND")
+        assert two.b_contact not in theirs.text
+    finally:
+        stack.redis.delete(body_key)  # an unfinished update would hold up the next test
 
 
 def test_async_put_on_another_accounts_contact_ends_not_found(stack: Stack, two: Two) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from contactsync.models import Contact, DeadLetter
@@ -90,12 +89,9 @@ def test_default_mode_answers_promptly_when_the_update_fails(
 ) -> None:
     contact_id = make_contact(stack.db, tenant.account_id, position="CTO")
     _corrupt(stack, contact_id)
-    try:  # the worker fails it at once: the gateway must not wait out its 5 s
-        response = api(stack, tenant.key).put(
-            contact_path(contact_id), json={"position": "CEO"}, timeout=3
-        )
-    except httpx.ReadTimeout:
-        pytest.fail("no answer within 3 s, though the worker failed the update at once")
+    # The worker fails it at once: the gateway answers from the worker's reply (a gateway that
+    # waited out its 5 s would answer 202), however long a loaded machine takes to get there.
+    response = api(stack, tenant.key).put(contact_path(contact_id), json={"position": "CEO"})
     error = assert_error(response, 500, "INTERNAL_ERROR")
     update_id = error["details"]["update_id"]
     assert "CEO" not in response.text

@@ -15,7 +15,7 @@ import orjson
 import psycopg
 
 from contactsync.db import Database
-from tests.faults.oracle import stream_events
+from tests.faults.oracle import stream_events, wait_drained
 from tests.faults.reads import contact_row, put_async, record_of, wait_status
 from tests.faults.services import Stack, Tenant
 from tests.support import ROOT
@@ -75,6 +75,8 @@ def test_an_update_failing_every_retry_is_parked_listed_and_replayed_in_sequence
     assert again.stdout == "" and "no dead letters" in again.stderr
     redis = stack.client()
     try:
+        # (The relay publishes the replay's event a moment after its record commits.)
+        assert wait_drained(faults_db, redis, [parked, later], timeout=30)
         events = [e for e in stream_events(redis) if e.get("update_id") == parked]
     finally:
         redis.close()
