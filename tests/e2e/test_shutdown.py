@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from contactsync.db import Database
 from contactsync.models import Contact, UpdateRecord
+from contactsync.schemas import MAX_BATCH_ITEMS
 from contactsync.settings import Settings
 from tests.conftest import make_contact, make_tenant
 from tests.e2e.gateways import private_redis
@@ -98,13 +99,15 @@ def test_sigterm_mid_drain_finishes_held_tasks_and_applies_everything_once(
     settings: Settings, db: Database, tmp_path: Path
 ) -> None:
     tenant = make_tenant(db, "warm")
-    contacts = [make_contact(db, tenant.account_id) for _ in range(20)]
-    items = [{"id": c, "position": f"v{i}"} for i in range(15) for c in contacts]
+    contacts = [make_contact(db, tenant.account_id) for _ in range(50)]
+    # A full batch: the worker must still be draining when the test gets to stop it.
+    items = [{"id": c, "position": f"v{i}"} for i in range(20) for c in contacts]
+    assert len(items) == MAX_BATCH_ITEMS
     with private_redis(tmp_path) as redis_url:
         port = free_port()
         env = service_env(
             settings.database_url, redis_url, CONTACTSYNC_WORKER_METRICS_PORT="0",
-            CONTACTSYNC_PUBLISH_MAX_BATCH="2",  # 150 task messages of 2 updates each
+            CONTACTSYNC_PUBLISH_MAX_BATCH="2",  # 500 task messages of 2 updates each
         )
         gateway = contactsync(["gateway", "--port", str(port)], env, tmp_path / "gateway.log")
         try:
@@ -147,7 +150,7 @@ def test_sigterm_mid_drain_finishes_held_tasks_and_applies_everything_once(
         positions = session.execute(
             select(Contact.position).where(Contact.id.in_(contacts))
         ).scalars().all()
-    assert positions == ["v14"] * len(contacts)
+    assert positions == ["v19"] * len(contacts)  # the last of each contact's updates
 
 
 def _records(db: Database, update_ids: list[str]) -> dict[str, str]:

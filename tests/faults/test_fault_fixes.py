@@ -56,9 +56,11 @@ def test_a_killed_workers_message_is_back_soon_after_the_visibility_timeout(
             killed_at = time.monotonic()
         assert redis.hlen("unacked") == 1
         stack.start_worker("w1")  # a supervisor restarts it at once
+        stack.wait_workers()
+        started_after = time.monotonic() - killed_at  # a loaded machine starts it slowly
         wait_until(lambda: status_of(faults_db, update.update_id) == "applied",
                    timeout=VISIBILITY + 20, interval=0.1)
-        assert time.monotonic() - killed_at < VISIBILITY + 8
+        assert time.monotonic() - killed_at < max(VISIBILITY, started_after) + 8
         wait_until(lambda: redis.hlen("unacked") == 0, timeout=5)  # acknowledged after commit
     finally:
         redis.close()
