@@ -113,9 +113,12 @@ def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> Batc
     result = BatchResult()
     if not updates:
         return result
+    # Outcomes count only once the block has committed: a commit can fail too (the connection
+    # dropped), and an update both "applied" and retried would have its body deleted first.
     try:
         with runtime.db.unit_of_work() as session:
-            result.outcomes = apply_batch(session, updates, utcnow())
+            outcomes = apply_batch(session, updates, utcnow())
+        result.outcomes = outcomes
         return result
     except Exception as exc:
         if is_transient(exc):
@@ -129,7 +132,8 @@ def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> Batc
     for update in updates:
         try:
             with runtime.db.unit_of_work() as session:
-                result.outcomes += apply_batch(session, [update], utcnow())
+                outcomes = apply_batch(session, [update], utcnow())
+            result.outcomes += outcomes
         except Exception as exc:
             if is_transient(exc):
                 result.transient.append(update)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from contactsync import names
@@ -91,3 +93,35 @@ def outbox_since(session: Session, mark: int) -> list[OutboxEvent]:
     """
     query = select(OutboxEvent).where(OutboxEvent.id > mark).order_by(OutboxEvent.id)
     return list(session.scalars(query))
+
+
+@contextmanager
+def commit_fails_once(db: Database) -> Iterator[None]:
+    """Fail the next COMMIT that writes an update record, at the COMMIT itself (PostgreSQL).
+
+    A deferred constraint trigger runs at commit; the sequence it counts with is not rolled
+    back with the transaction, so only the first such commit fails (as a serialization
+    failure: transient, as a connection dropped mid-commit is).
+    """
+    ddl = [
+        "CREATE SEQUENCE commit_faults",
+        """CREATE FUNCTION fail_first_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('commit_faults') = 1 THEN
+                RAISE EXCEPTION 'commit fault for a test' USING ERRCODE = '40001';
+            END IF;
+            RETURN NULL;
+        END $$""",
+        """CREATE CONSTRAINT TRIGGER fail_first_commit AFTER INSERT ON update_records
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fail_first_commit()""",
+    ]
+    with db.unit_of_work() as session:
+        for statement in ddl:
+            session.execute(text(statement))
+    try:
+        yield
+    finally:
+        with db.unit_of_work() as session:
+            session.execute(text("DROP TRIGGER fail_first_commit ON update_records"))
+            session.execute(text("DROP FUNCTION fail_first_commit()"))
+            session.execute(text("DROP SEQUENCE commit_faults"))

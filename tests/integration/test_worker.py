@@ -30,6 +30,7 @@ from tests.conftest import Stack, make_contact, make_tenant
 from tests.integration.apply_support import (
     ORIGIN,
     accepted,
+    commit_fails_once,
     contact,
     dead_letters,
     next_seq,
@@ -99,6 +100,26 @@ def test_a_message_delivered_twice_changes_once(stack: Stack) -> None:
     events = wait_relayed(stack, 1)
     assert [e["id"] for e in events] == ["evt_" + update.update_id.removeprefix("upd_")]
     assert events[0]["update_id"] == update.update_id
+
+
+def test_an_update_whose_commit_failed_is_applied_by_the_retry(stack: Stack) -> None:
+    # A PostgreSQL-restart fault run on a loaded machine lost two updates so: the COMMIT of
+    # a batch failed; the task still finished them (bodies deleted), retried, found nothing.
+    if stack.settings.is_sqlite:
+        pytest.skip("needs a failure at COMMIT itself: a deferred trigger, PostgreSQL's")
+    tenant = make_tenant(stack.db, "acme")
+    contact_ids = [make_contact(stack.db, tenant.account_id) for _ in range(2)]
+    updates = [accepted(tenant.account_id, c, {"position": "CTO"}) for c in contact_ids]
+    with commit_fails_once(stack.db):
+        message = push(stack.redis, updates)
+        wait_task_runs(stack, message, 1)  # the retry, after the failed commit
+        found = wait_finished(stack, updates)
+    assert {r.status for r in found.values()} == {"applied"}
+    assert "commit fault" not in stack.worker.log()  # (the database's text is never logged)
+    assert f"[{task_id_of(message)}] retry" in stack.worker.log()
+    for update in updates:
+        assert stack.redis.get(names.update_body_key(update.update_id)) is None
+    assert [contact(stack.db, c)["position"] for c in contact_ids] == ["CTO", "CTO"]
 
 
 def test_shuffled_messages_converge_on_sequence_order(stack: Stack) -> None:
