@@ -15,7 +15,9 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+from kombu.exceptions import KombuError
 from redis import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from contactsync.cli.errors import CliError
@@ -136,7 +138,10 @@ def _worker_ready(settings: Settings, redis_url: str) -> Callable[[], bool]:
     control = create_worker_app(settings.model_copy(update={"redis_url": redis_url})).control
 
     def ready() -> bool:
-        return bool(control.ping(timeout=0.5))
+        try:
+            return bool(control.ping(timeout=0.5))
+        except (KombuError, RedisError):  # Redis not answering a moment: ask again
+            return False
 
     return ready
 
