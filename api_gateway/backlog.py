@@ -21,6 +21,7 @@ from fastapi import Depends, Request
 from prometheus_client import Gauge
 from redis.asyncio import Redis
 
+from api_gateway.background import cancel_and_wait
 from contactsync import names
 from contactsync.celery_message import queue_list_key
 from contactsync.errors import ServiceUnavailable
@@ -93,9 +94,7 @@ class BacklogGauge:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def refresh(self) -> None:
         """Read the queue lengths, and sample messages where the lengths cannot decide."""

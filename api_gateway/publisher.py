@@ -16,10 +16,10 @@ catch up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
+from api_gateway.background import cancel_and_wait
 from contactsync.enqueue import Enqueuer, Outcome, Submission
 
 log = logging.getLogger("contactsync.gateway")
@@ -53,9 +53,7 @@ class Publisher:
             return
         while self._pending:
             await self._flush()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
     async def submit(self, submission: Submission) -> Outcome:
         """Queue one submission; return once it is in Redis (or raise why not)."""

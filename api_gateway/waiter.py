@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from api_gateway.background import cancel_and_wait
 from contactsync.names import results_channel
 
 log = logging.getLogger("contactsync.gateway")
@@ -35,9 +36,7 @@ class ResultWaiter:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     def expect(self, update_id: str) -> asyncio.Future[dict[str, Any]]:
         """Register interest in an update before it is queued."""
