@@ -19,11 +19,14 @@ def test_a_task_that_swallows_a_cancellation_is_still_stopped() -> None:
                     raise
                 swallowed.append(True)  # as redis-py can, inside a command
 
-    async def run() -> asyncio.Task[None]:
+    async def run() -> tuple[asyncio.Task[None], bool]:
         task = asyncio.create_task(stubborn())
         await asyncio.sleep(0)
-        await asyncio.wait_for(cancel_and_wait(task), timeout=5)  # one cancel() hangs here
-        return task
+        # (asyncio.wait, not wait_for: on its timeout wait_for would cancel the task again.)
+        stopping = asyncio.create_task(cancel_and_wait(task))
+        done, _ = await asyncio.wait({stopping}, timeout=5)  # one cancel() waits forever
+        stopping.cancel()
+        return task, stopping in done
 
-    task = asyncio.run(run())
-    assert swallowed == [True] and task.cancelled()
+    task, stopped = asyncio.run(run())
+    assert stopped and swallowed == [True] and task.cancelled()
