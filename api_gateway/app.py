@@ -39,14 +39,16 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
             health_check_interval=30, max_connections=200,
         )
+        backlog = app.state.backlog = BacklogGauge(
+            redis, max_backlog=settings.max_backlog, interval=settings.backlog_refresh_seconds,
+            max_per_message=settings.publish_max_batch,
+            max_account_backlog=settings.max_account_backlog,
+        )
         enqueuer = Enqueuer(
             redis, idempotency_ttl=settings.idempotency_ttl_seconds,
             max_batch=settings.publish_max_batch,
             origin=f"gateway@{settings.instance_name}:{os.getpid()}",
-        )
-        backlog = app.state.backlog = BacklogGauge(
-            redis, max_backlog=settings.max_backlog, interval=settings.backlog_refresh_seconds,
-            max_per_message=settings.publish_max_batch,
+            account_limit=backlog.account_limit,
         )
         publisher = Publisher(
             enqueuer, linger_seconds=settings.publish_linger_ms / 1000,
@@ -58,7 +60,9 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             settings=settings, db=db, redis=redis, enqueuer=enqueuer, publisher=publisher,
             waiter=waiter, keys=KeyCache(db, settings.key_cache_seconds),
         )
-        app.state.rate_limiter = RateLimiter(redis, settings.rate_limit_per_second)
+        app.state.rate_limiter = RateLimiter(
+            redis, settings.rate_limit_per_second, settings.update_rate_limit_per_second
+        )
         publisher.start()
         await waiter.start()
         await waiter.ready()

@@ -1,6 +1,12 @@
-"""Backlog limit: refuse new updates while the queues hold more than `max_backlog` of them.
+"""Backlog limits: the account that fills the backlog is the one refused.
 
-The request path only reads a flag. A background task refreshes it every
+Each account may have at most `max_account_backlog` updates waiting; the accept script counts
+them (one sorted set per account in Redis) and refuses, atomically across every gateway
+process, the updates that would take their account over. While the queues as a whole hold
+more than `max_backlog`, an account's limit drops to a tenth of that: the accounts holding
+most of the backlog are refused, and one with little waiting (single PUTs) is not.
+
+The global figure is only read by the request path, as a flag. A background task refreshes it every
 `backlog_refresh_seconds` with one pipelined Redis round trip: the queue lengths count task
 messages, and one message carries 1 to `publish_max_batch` updates, so when the lengths alone
 cannot decide, a few messages from each end of each queue are read to count their updates.
@@ -13,11 +19,10 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
-from typing import Annotated
 
 import orjson
-from fastapi import Depends, Request
 from prometheus_client import Gauge
 from redis.asyncio import Redis
 
@@ -30,6 +35,8 @@ log = logging.getLogger("contactsync.gateway")
 
 QUEUES = (names.UPDATES_QUEUE, names.BULK_QUEUE)
 RETRY_AFTER_SECONDS = 5  # workers drain thousands of updates a second: a few seconds is plenty
+SHARE_WHEN_FULL = 10  # over max_backlog, an account may hold a tenth of it
+REFUSED_SECONDS = 1.0  # how long an account refused is refused at once, before its body is read
 SAMPLE = 8  # messages read from each end of a queue when its length alone cannot decide
 
 BACKLOG = Gauge(
@@ -61,10 +68,13 @@ class BacklogGauge:
     """How many updates wait in the queues, as of at most one refresh interval ago."""
 
     def __init__(
-        self, redis: Redis, *, max_backlog: int, interval: float, max_per_message: int
+        self, redis: Redis, *, max_backlog: int, interval: float, max_per_message: int,
+        max_account_backlog: int | None = None,
     ) -> None:
         self._redis = redis
         self._max = max_backlog
+        self._max_account = max_account_backlog or max(1, max_backlog // 2)
+        self._refused_until: dict[str, float] = {}
         self._interval = interval
         self._max_per_message = max_per_message
         self._task: asyncio.Task[None] | None = None
@@ -79,13 +89,30 @@ class BacklogGauge:
     def over(self) -> bool:
         return self.updates > self._max
 
-    def check(self) -> None:
-        """Refuse a new update with 503 while the backlog is over its limit."""
+    def account_limit(self) -> int:
+        """Return the most updates an account may have waiting, as of the last refresh."""
         if self.over:
-            raise ServiceUnavailable(
-                "Too many updates are waiting to be applied; retry shortly.",
-                retry_after=RETRY_AFTER_SECONDS,
-            )
+            return min(self._max_account, max(1, self._max // SHARE_WHEN_FULL))
+        return self._max_account
+
+    def note_refused(self, account_id: str) -> None:
+        """Remember that the accept script refused this account, for `REFUSED_SECONDS`.
+
+        Meanwhile its updates are refused before their body is read: each refusal in a flush
+        sends the rest of the flush, other accounts' updates with it, to Redis a second time.
+        """
+        if len(self._refused_until) > 10_000:
+            self._refused_until.clear()
+        self._refused_until[account_id] = time.monotonic() + REFUSED_SECONDS
+
+    def check(self, account_id: str) -> None:
+        """Refuse with 503 an account the accept script refused a moment ago."""
+        until = self._refused_until.get(account_id)
+        if until is None:
+            return
+        if time.monotonic() < until:
+            raise refusal()
+        del self._refused_until[account_id]
 
     async def start(self) -> None:
         with contextlib.suppress(Exception):  # Redis down: requests fail on their own anyway
@@ -139,12 +166,9 @@ class BacklogGauge:
                 log.warning("backlog refresh failed: %s", type(exc).__name__)
 
 
-async def accepting_updates(request: Request) -> None:
-    """Refuse a new update while the backlog is over its limit (after authentication)."""
-    # async: FastAPI runs a plain `def` dependency in a thread, a costly hop on every request
-    gauge: BacklogGauge = request.app.state.backlog
-    gauge.check()
-
-
-# A route parameter of this type runs the check where it stands among the dependencies.
-AcceptingUpdates = Annotated[None, Depends(accepting_updates)]
+def refusal() -> ServiceUnavailable:
+    """Return the 503 for an update its account's backlog has no room for."""
+    return ServiceUnavailable(
+        "Too many updates of this account are waiting to be applied; retry shortly.",
+        retry_after=RETRY_AFTER_SECONDS,
+    )

@@ -22,6 +22,8 @@ from contactsync.enqueue import BucketState, RateLimit
 from contactsync.errors import RateLimited
 
 BURST_FACTOR = 2  # a bucket holds twice the rate: a key may burst to 2 seconds' worth at once
+UPDATE_BURST_FACTOR = 10  # an update bucket holds ten seconds' worth...
+MIN_UPDATE_BURST = 1000  # ...and at least a full batch, so that any batch can pass in time
 STATE_KEY = "rate_limit"  # where a request's decision waits for the response headers
 
 
@@ -55,9 +57,11 @@ class RateDecision:
 class RateLimiter:
     """Take one token per request from the key's bucket, or refuse with 429."""
 
-    def __init__(self, redis: Redis, default_rate: int) -> None:
+    def __init__(self, redis: Redis, default_rate: int, default_update_rate: int = 1000) -> None:
         self._script = redis.register_script(scripts.RATE_LIMIT)
+        self._take_tokens = redis.register_script(scripts.TAKE_TOKENS)
         self._default_rate = default_rate
+        self._default_update_rate = default_update_rate
         self._pending: list[tuple[str, int, asyncio.Future[RateDecision]]] = []
         self._taker: asyncio.Task[None] | None = None
         self._empty_until: dict[str, float] = {}
@@ -94,6 +98,25 @@ class RateLimiter:
         if self._taker is None:
             self._taker = asyncio.create_task(self._take_pending())
         return await future
+
+    async def take_updates(self, key_id: str, rate: int | None, count: int) -> None:
+        """Spend `count` tokens of this key's update bucket at once; 429 when it has fewer.
+
+        A batch's items: one round trip per batch, besides its request token. All or none,
+        so a refused batch changes nothing.
+        """
+        rate = rate or self._default_update_rate
+        burst = max(rate * UPDATE_BURST_FACTOR, MIN_UPDATE_BURST)
+        reply = await self._take_tokens(
+            keys=[names.update_rate_limit_key(key_id)], args=[rate, burst, count]
+        )
+        allowed, _, _, wait_us = (int(v) for v in reply)
+        if not allowed:
+            raise RateLimited(
+                f"Update rate limit exceeded: this key may send {rate} batch items per second "
+                f"(bursts of {burst}); this batch holds {count}.",
+                retry_after=max(1, math.ceil(wait_us / 1_000_000)),
+            )
 
     async def _take_pending(self) -> None:
         try:

@@ -39,7 +39,8 @@ _ERRORS = {
     415: "UNSUPPORTED_MEDIA_TYPE: the body is not JSON",
     422: "IDEMPOTENCY_KEY_REUSED: the key was used with a different request",
     500: "INTERNAL_ERROR",
-    503: "SERVICE_UNAVAILABLE: Redis or the database is down (see Retry-After)",
+    503: "SERVICE_UNAVAILABLE: Redis or the database is down, or too many of the account's "
+    "updates wait (see Retry-After)",
 }
 
 

@@ -1,8 +1,9 @@
 """Accept updates into the queue: sequence numbers, idempotency, bodies and task messages.
 
 One flush costs one Redis round trip whatever its size: a Lua script that spends the
-rate-limit tokens, reserves the idempotency keys, allocates the sequence numbers, stores the
-bodies and pushes the task messages, all or nothing. That is what keeps the gateway's
+rate-limit tokens, reserves the idempotency keys, holds each account to its backlog limit,
+allocates the sequence numbers, stores the bodies and pushes the task messages, all or
+nothing. That is what keeps the gateway's
 request path cheap.
 """
 
@@ -13,7 +14,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import count
 from typing import Any
@@ -114,7 +115,14 @@ class RateRefused:
     bucket: BucketState
 
 
-Outcome = Accepted | Replayed | RateRefused
+@dataclass(frozen=True)
+class BacklogRefused:
+    """Its account has as many updates waiting as it may: nothing was queued."""
+
+
+Outcome = Accepted | Replayed | RateRefused | BacklogRefused
+
+NO_ACCOUNT_LIMIT = 2**53  # what the accept script's numbers (doubles) hold exactly
 
 
 def idempotency_record(
@@ -156,8 +164,12 @@ def task_messages(
 class Enqueuer:
     """Turn submissions into accepted updates on the queue."""
 
-    def __init__(self, redis: Redis, *, idempotency_ttl: int, max_batch: int, origin: str) -> None:
+    def __init__(
+        self, redis: Redis, *, idempotency_ttl: int, max_batch: int, origin: str,
+        account_limit: Callable[[], int] = lambda: NO_ACCOUNT_LIMIT,
+    ) -> None:
         self._redis = redis
+        self._account_limit = account_limit
         self._script = redis.register_script(scripts.ACCEPT)
         self._idempotency_ttl = idempotency_ttl
         self._max_batch = max_batch
@@ -166,9 +178,10 @@ class Enqueuer:
     async def accept(self, submissions: Sequence[Submission]) -> list[Outcome]:
         """Queue every submission; return, in order, what became of each.
 
-        One script call when every rate-limited submission gets its token and no idempotency
-        key was seen before; each call that finds otherwise answers those submissions and
-        sends the others again.
+        One script call when every rate-limited submission gets its token, no idempotency
+        key was seen before and no account goes over its backlog limit (`account_limit`, read
+        once per flush); each call that finds otherwise answers those submissions and sends
+        the others again.
         """
         received_at = isoformat(utcnow())
         outcomes: list[Outcome | None] = [None] * len(submissions)
@@ -192,6 +205,9 @@ class Enqueuer:
                     outcomes[limited[int(reply[at]) - 1]] = RateRefused(
                         BucketState(False, left, full_in, wait)
                     )
+            elif reply[1] == b"backlog":
+                for at in range(2, len(reply)):
+                    outcomes[waiting[int(reply[at]) - 1]] = BacklogRefused()
             else:
                 with_key = [i for i in waiting if submissions[i].idempotency]
                 for at in range(2, len(reply), 2):
@@ -210,17 +226,22 @@ class Enqueuer:
                     idempotency_record(sub.idempotency.fingerprint, sub.update_id, None)
                 )
         messages = self.task_messages(updates)
+        accounts = list(dict.fromkeys(u.account_id for u in updates))
+        number = {account: j for j, account in enumerate(accounts, 1)}
         return await self._script(
             keys=[
                 names.SEQUENCE_KEY, names.PENDING_KEY, *[limit.bucket_key for limit in limits],
                 *idem_keys, *[names.update_body_key(u.update_id) for u in updates],
-                *[queue_list_key(queue) for queue, _ in messages],
+                *[queue_list_key(queue) for queue, _ in messages], names.BACKLOG_ACCOUNTS_KEY,
+                *[names.account_pending_key(account) for account in accounts],
             ],
             args=[
                 len(updates), IN_FLIGHT_SECONDS, len(idem_keys), len(messages), len(limits),
                 *[v for limit in limits for v in (limit.rate, limit.burst)], *idem_records,
                 *[u.update_id for u in updates], *[u.body_tail() for u in updates],
                 *[message for _, message in messages],
+                len(accounts), self._account_limit(), *accounts,
+                *[number[u.account_id] for u in updates],
             ],
         )
 

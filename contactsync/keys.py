@@ -29,6 +29,7 @@ class Principal:
     key_id: str
     permissions: frozenset[str]
     rate_limit_per_second: int | None
+    update_rate_limit_per_second: int | None = None
 
 
 def ensure_account(session: Session, name: str) -> Account:
@@ -46,6 +47,7 @@ def create_key(
     account_name: str,
     permissions: list[str],
     rate_limit_per_second: int | None = None,
+    update_rate_limit_per_second: int | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key for an account (made if new); return the row and the secret, shown once."""
     unknown = sorted(set(permissions) - set(PERMISSIONS))
@@ -56,7 +58,9 @@ def create_key(
     row = ApiKey(
         id=new_key_id(), account_id=account.id, prefix=display_prefix(secret),
         key_hash=hash_api_key(secret), permissions=sorted(set(permissions)),
-        rate_limit_per_second=rate_limit_per_second, created_at=utcnow(), revoked_at=None,
+        rate_limit_per_second=rate_limit_per_second,
+        update_rate_limit_per_second=update_rate_limit_per_second, created_at=utcnow(),
+        revoked_at=None,
     )
     session.add(row)
     session.flush()
@@ -68,7 +72,8 @@ def authenticate(session: Session, secret: str) -> Principal | None:
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_api_key(secret)))
     if row is None or row.revoked_at is not None:
         return None
-    return Principal(row.account_id, row.id, frozenset(row.permissions), row.rate_limit_per_second)
+    return Principal(row.account_id, row.id, frozenset(row.permissions),
+                     row.rate_limit_per_second, row.update_rate_limit_per_second)
 
 
 def list_keys(session: Session) -> list[tuple[ApiKey, Account]]:

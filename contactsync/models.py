@@ -30,6 +30,7 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     permissions: Mapped[list[str]] = mapped_column(JSON)
     rate_limit_per_second: Mapped[int | None] = mapped_column(Integer)
+    update_rate_limit_per_second: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
 

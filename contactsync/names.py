@@ -16,6 +16,12 @@ UPDATE_BODY_PREFIX = "contactsync:update:"
 # Sorted set of the accepted updates not finished yet: member the update id, score the Redis
 # time (microseconds) it was last queued. What finds an update whose task message was lost.
 PENDING_KEY = "contactsync:pending"
+# Prefix of one account's share of PENDING_KEY (same members and scores): its own backlog,
+# counted and capped by the accept script. Removing a member is idempotent, and the relay
+# rebuilds each from PENDING_KEY now and then, so a count cannot drift for good.
+ACCOUNT_PENDING_PREFIX = "contactsync:pending:account:"
+# Set of the account ids that may have an ACCOUNT_PENDING_PREFIX set (what the relay rebuilds).
+BACKLOG_ACCOUNTS_KEY = "contactsync:pending:accounts"
 # Lock key: one worker's relay at a time looks for pending updates that lost their message.
 REQUEUE_LOCK_KEY = "contactsync:requeue-lock"
 # Prefix of idempotency records: contactsync:idem:{account_id}:{sha256 of the key}.
@@ -25,6 +31,8 @@ RESULTS_CHANNEL_PREFIX = "contactsync:results:"
 
 # Prefix of an API key's token bucket (a hash: tokens left, last refill in microseconds).
 RATE_LIMIT_PREFIX = "contactsync:ratelimit:"
+# Prefix of an API key's update bucket: one token per batch item.
+UPDATE_RATE_LIMIT_PREFIX = "contactsync:updatelimit:"
 
 
 def update_body_key(update_id: str) -> str:
@@ -45,3 +53,13 @@ def results_channel(instance_id: str) -> str:
 def rate_limit_key(key_id: str) -> str:
     """Return the Redis key of one API key's token bucket."""
     return RATE_LIMIT_PREFIX + key_id
+
+
+def update_rate_limit_key(key_id: str) -> str:
+    """Return the Redis key of one API key's update bucket (batch items)."""
+    return UPDATE_RATE_LIMIT_PREFIX + key_id
+
+
+def account_pending_key(account_id: str) -> str:
+    """Return the Redis key of the updates one account has waiting (a sorted set)."""
+    return ACCOUNT_PENDING_PREFIX + account_id

@@ -10,7 +10,8 @@ def _read(name: str) -> str:
 
 
 _TOKEN_BUCKET = _read("token_bucket.lua")
-# Both take rate-limit tokens: each is the bucket functions followed by its own body.
+# Each takes rate-limit tokens: each is the bucket functions followed by its own body.
 ACCEPT = _TOKEN_BUCKET + _read("accept.lua")
 RATE_LIMIT = _TOKEN_BUCKET + _read("rate_limit.lua")
+TAKE_TOKENS = _TOKEN_BUCKET + _read("take_tokens.lua")
 PUBLISH_EVENTS = _read("publish_events.lua")

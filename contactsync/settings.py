@@ -56,6 +56,15 @@ class Settings(BaseSettings):
         default=100_000, ge=1,
         description="above this many queued updates, new updates get 503 SERVICE_UNAVAILABLE",
     )
+    max_account_backlog: int | None = Field(
+        default=None, ge=1,
+        description="above this many queued updates of one account, its new updates get 503 "
+        "(unset: half of max_backlog)",
+    )
+    update_rate_limit_per_second: int = Field(
+        default=1000, ge=1, description="per-key batch items per second unless the key sets "
+        "its own; bursts of ten times as many (at least 1,000, a full batch)",
+    )
     backlog_refresh_seconds: float = Field(
         default=0.2, gt=0, le=5,
         description="how often a gateway process re-reads the queue lengths behind max_backlog",

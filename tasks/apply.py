@@ -220,12 +220,21 @@ def finish(runtime: Runtime, outcomes: list[Outcome]) -> None:
             if finished:
                 pipe.delete(*[names.update_body_key(i) for i in finished])
                 pipe.zrem(names.PENDING_KEY, *finished)
+            for account_id, ids in _by_account(outcomes).items():
+                pipe.zrem(names.account_pending_key(account_id), *ids)
             pipe.execute()
     except Exception:
         # The updates are committed; a waiting gateway falls back to 202 and a leftover body
         # is skipped on redelivery, so losing this step loses nothing.
         log.warning("could not publish replies or drop bodies", exc_info=True)
     observe(outcomes)
+
+
+def _by_account(outcomes: list[Outcome]) -> dict[str, list[str]]:
+    by_account: dict[str, list[str]] = {}
+    for outcome in outcomes:
+        by_account.setdefault(outcome.update.account_id, []).append(outcome.update.update_id)
+    return by_account
 
 
 def observe(outcomes: list[Outcome]) -> None:

@@ -13,7 +13,7 @@ import time
 from redis import Redis
 from sqlalchemy import delete, select
 
-from contactsync import names, scripts
+from contactsync import account_backlog, names, scripts
 from contactsync.db import Database
 from contactsync.enqueue import requeue_orphans
 from contactsync.logs import configure
@@ -52,6 +52,7 @@ def relay_once(db: Database, redis: Redis, settings: Settings) -> int:
 
 def requeue_lost(redis: Redis, settings: Settings) -> int:
     """Queue again the updates whose task message a dead worker took with it; return how many.
+    Then correct the accounts' backlog counts (contactsync/account_backlog.py).
 
     One relay at a time does it, at most once per sweep interval (a lock key that expires).
     """
@@ -63,10 +64,13 @@ def requeue_lost(redis: Redis, settings: Settings) -> int:
             redis, older_than_seconds=settings.visibility_timeout_seconds,
             origin=f"relay@{settings.instance_name}:{os.getpid()}",
         )
+        dropped = account_backlog.reconcile(redis)
     except Exception as exc:  # Redis is down, most likely: the relay pass says so already
         log.warning("looking for lost task messages failed (%s); will retry",
                     type(exc).__name__)
         return 0
+    if dropped:
+        log.info("dropped %d finished updates from their account's backlog count", dropped)
     if update_ids:
         log.warning("queued %d updates again, their task message was lost: %s",
                     len(update_ids), ", ".join(update_ids[:20]))

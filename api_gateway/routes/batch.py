@@ -7,12 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from api_gateway.auth import require
-from api_gateway.backlog import AcceptingUpdates
+from api_gateway.backlog import BacklogGauge, refusal
 from api_gateway.body import read_json
+from api_gateway.ratelimit import RateLimiter
 from api_gateway.responses import JSONResponse, error_responses, ok
 from api_gateway.state import GatewayDep
 from contactsync import names
-from contactsync.enqueue import Accepted, Submission
+from contactsync.enqueue import Accepted, BacklogRefused, Submission
 from contactsync.errors import ValidationFailed
 from contactsync.ids import new_update_id
 from contactsync.keys import Principal
@@ -64,10 +65,10 @@ def _check_envelope(body: Any) -> list[Any]:
     }}}},
     responses={202: {"model": BatchEnvelope}, **error_responses(400, 403, 413, 415)},
 )
-async def batch_update(
-    request: Request, principal: Writer, accepting: AcceptingUpdates, gateway: GatewayDep
-) -> JSONResponse:
+async def batch_update(request: Request, principal: Writer, gateway: GatewayDep) -> JSONResponse:
     """Queue up to 1,000 updates; each item is accepted or rejected on its own."""
+    backlog: BacklogGauge = request.app.state.backlog
+    backlog.check(principal.account_id)
     items = _check_envelope(await read_json(request, limit=MAX_BATCH_BODY_BYTES))
     results: list[dict[str, Any] | None] = [None] * len(items)
     submissions: list[tuple[int, Submission]] = []
@@ -89,8 +90,23 @@ async def batch_update(
             update_id=new_update_id(), account_id=principal.account_id, contact_id=contact_id,
             patch=patch, queue=names.BULK_QUEUE,
         )))
+    if submissions:
+        limiter: RateLimiter = request.app.state.rate_limiter
+        await limiter.take_updates(
+            principal.key_id, principal.update_rate_limit_per_second, len(submissions)
+        )
     outcomes = await gateway.publisher.submit_many([s for _, s in submissions])
+    if outcomes and all(isinstance(o, BacklogRefused) for o in outcomes):
+        backlog.note_refused(principal.account_id)
+        raise refusal()
     for (index, submission), outcome in zip(submissions, outcomes, strict=True):
+        if isinstance(outcome, BacklogRefused):
+            # A batch the publisher split over two flushes, the limit reached between them.
+            refused = refusal()
+            results[index] = {"index": index, "id": submission.contact_id, "error": {
+                "code": refused.code, "message": refused.message, "details": refused.details,
+            }}
+            continue
         assert isinstance(outcome, Accepted)  # no idempotency key, so never a replay
         results[index] = {
             "index": index, "id": submission.contact_id,

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from api_gateway.auth import authenticate, check_permission, spend_token
+from api_gateway.backlog import refusal as backlog_refusal
 from api_gateway.body import read_json
 from api_gateway.metrics import ENQUEUE_SECONDS, WAIT_OUTCOMES
 from api_gateway.ratelimit import STATE_KEY as RATE_STATE_KEY
@@ -17,7 +18,14 @@ from api_gateway.ratelimit import RateDecision, RateLimiter, refuse
 from api_gateway.responses import JSONResponse, error_responses
 from api_gateway.state import Gateway
 from contactsync import names
-from contactsync.enqueue import Accepted, Idempotency, RateRefused, Replayed, Submission
+from contactsync.enqueue import (
+    Accepted,
+    BacklogRefused,
+    Idempotency,
+    RateRefused,
+    Replayed,
+    Submission,
+)
 from contactsync.errors import (
     ClientError,
     Conflict,
@@ -108,7 +116,7 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
         await spend_token(request, principal)
     try:
         check_permission(principal, "contacts:write")
-        request.app.state.backlog.check()
+        request.app.state.backlog.check(principal.account_id)
         body = await read_json(request)
         patch = parse_body(ContactUpdate, body).patch()
         if not CONTACT_ID_PATTERN.match(contact_id):
@@ -145,6 +153,11 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
         decision = RateDecision.of(limit.rate, outcome.bucket)
         setattr(request.state, RATE_STATE_KEY, decision)
         raise refuse(decision)
+    if isinstance(outcome, BacklogRefused):
+        request.app.state.backlog.note_refused(principal.account_id)
+        if not spent:  # the queueing script spent none for it
+            await spend_token(request, principal)
+        raise backlog_refusal()
     if isinstance(outcome, Replayed):
         if not spent:  # the queueing script spent none for it
             await spend_token(request, principal)

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--account", required=True)
     create.add_argument("--permission", action="append", required=True, dest="permissions")
     create.add_argument("--rate-limit", type=_rate, default=None)
+    create.add_argument("--update-rate-limit", type=_rate, default=None,
+                        help="batch items per second (default 1000/s, bursts of ten times it)")
     create.set_defaults(handler=admin.keys_create)
     keys.add_parser("list", help="list keys").set_defaults(handler=admin.keys_list)
     revoke = keys.add_parser("revoke", help="revoke keys by their shown prefix")

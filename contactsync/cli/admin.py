@@ -30,11 +30,14 @@ def keys_create(args: argparse.Namespace) -> int:
     db = Database(get_settings())
     try:
         with db.unit_of_work() as session:
-            row, secret = create_key(session, args.account, args.permissions, args.rate_limit)
+            row, secret = create_key(session, args.account, args.permissions, args.rate_limit,
+                                     args.update_rate_limit)
             print(f"account: {args.account} ({row.account_id})")
             print(f"permissions: {' '.join(row.permissions)}")
             if row.rate_limit_per_second:
                 print(f"rate limit: {row.rate_limit_per_second}/s")
+            if row.update_rate_limit_per_second:
+                print(f"update rate limit: {row.update_rate_limit_per_second}/s")
             print("this key is shown once; store it now:")
     finally:
         db.dispose()

@@ -4,22 +4,29 @@
 --
 -- KEYS[1]: the sequence counter; KEYS[2]: the pending set; then r rate-limit buckets (one per
 -- update that spends a token, the same bucket possibly several times), m idempotency keys,
--- n body keys (one per update), k queue lists (one per task message).
+-- n body keys (one per update), k queue lists (one per task message), the set of accounts with
+-- a backlog, a accounts' backlogs (one sorted set per account in the flush).
 -- ARGV[1..5]: n, seconds an in-flight idempotency marker lives, m, k, r; then r pairs (tokens
 -- per second, bucket size), m in-flight records, n update ids, n body tails (each body but
--- its leading `{"seq":N,`, which is spliced in here), k task messages.
+-- its leading `{"seq":N,`, which is spliced in here), k task messages; then a, the most
+-- updates an account may have waiting, a account ids, and n account numbers (1 to a: whose
+-- each update is).
 --
 -- Returns {first sequence number, then per bucket entry: tokens left, microseconds until
 -- full, microseconds until a token}. When something refuses part of the flush, nothing at all
 -- is written (not even a bucket) and it returns {0, 'rate', i, left, full, wait, ...} for the
 -- bucket entries without a token, else {0, 'idempotency', i, record, ...} for the idempotency
--- keys already taken (i counts from 1 within its kind). The caller answers those and sends
--- the rest again.
+-- keys already taken (i counts from 1 within its kind), else {0, 'backlog', i, ...} for the
+-- updates (i from 1 to n) of the accounts whose backlog they would take over the limit. The
+-- caller answers those and sends the rest again.
 local n, ttl, m, k, r = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4]), tonumber(ARGV[5])
 local buckets_at, records_at = 2, 5 + 2 * r
 local idem_at, bodies_at, queues_at = 2 + r, 2 + r + m, 2 + r + m + n
 local ids_at, tails_at, messages_at = records_at + m, records_at + m + n, records_at + m + 2 * n
+local accounts_at = messages_at + k
+local a, most = tonumber(ARGV[accounts_at + 1]), tonumber(ARGV[accounts_at + 2])
+local owners_at, registry_at = accounts_at + 2 + a, queues_at + k + 1
 
 local now = clock_us()
 local buckets, granted, refused = {}, {}, {0, 'rate'}
@@ -54,6 +61,27 @@ if #taken > 2 then
   return taken
 end
 
+-- An account's flush goes in whole or not at all: a batch is not cut off at the limit.
+local adding, over = {}, {}
+for i = 1, n do
+  local j = tonumber(ARGV[owners_at + i])
+  adding[j] = (adding[j] or 0) + 1
+end
+for j, count in pairs(adding) do
+  if redis.call('ZCARD', KEYS[registry_at + j]) + count > most then
+    over[j] = true
+  end
+end
+if next(over) then
+  local full = {0, 'backlog'}
+  for i = 1, n do
+    if over[tonumber(ARGV[owners_at + i])] then
+      full[#full + 1] = i
+    end
+  end
+  return full
+end
+
 save_buckets(buckets)
 for i = 1, m do
   redis.call('SET', KEYS[idem_at + i], ARGV[records_at + i], 'EX', ttl)
@@ -68,6 +96,10 @@ for i = 1, n do
   redis.call('SET', KEYS[bodies_at + i], '{"seq":' .. seq .. ',' .. ARGV[tails_at + i])
   -- The sequence is the Redis time it was accepted at (or just past it): the score.
   redis.call('ZADD', KEYS[2], seq, ARGV[ids_at + i])
+  redis.call('ZADD', KEYS[registry_at + tonumber(ARGV[owners_at + i])], seq, ARGV[ids_at + i])
+end
+for j = 1, a do
+  redis.call('SADD', KEYS[registry_at], ARGV[accounts_at + 2 + j])
 end
 for j = 1, k do
   redis.call('LPUSH', KEYS[queues_at + j], ARGV[messages_at + j])

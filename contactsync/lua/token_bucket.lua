@@ -8,10 +8,12 @@ local function clock_us()
   return tonumber(now[1]) * 1000000 + tonumber(now[2])
 end
 
--- Take one token from bucket `key`, read once per script run however many requests of that
--- key it serves (`buckets` holds what was read). Returns allowed (0 or 1), whole tokens left,
--- microseconds until the bucket is full, microseconds until it holds a token.
-local function take_token(buckets, key, rate, burst, now)
+-- Take one token (or `cost` tokens, all or none) from bucket `key`, read once per script run
+-- however many requests of that key it serves (`buckets` holds what was read). Returns allowed
+-- (0 or 1), whole tokens left, microseconds until the bucket is full, microseconds until it
+-- holds the tokens asked for.
+local function take_token(buckets, key, rate, burst, now, cost)
+  cost = cost or 1
   local bucket = buckets[key]
   if bucket == nil then
     local state = redis.call('HMGET', key, 'tokens', 'ts')
@@ -27,11 +29,11 @@ local function take_token(buckets, key, rate, burst, now)
     bucket.ts = now
   end
   local allowed, wait = 0, 0
-  if bucket.tokens >= 1 then
-    bucket.tokens = bucket.tokens - 1
+  if bucket.tokens >= cost then
+    bucket.tokens = bucket.tokens - cost
     allowed = 1
   else
-    wait = math.ceil((1 - bucket.tokens) * 1000000 / rate)
+    wait = math.ceil((cost - bucket.tokens) * 1000000 / rate)
   end
   bucket.full_in = math.ceil((burst - bucket.tokens) * 1000000 / rate)
   return allowed, math.floor(bucket.tokens), bucket.full_in, wait

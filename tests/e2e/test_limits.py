@@ -166,7 +166,8 @@ def test_over_the_backlog_new_updates_get_503_and_nothing_queued_is_dropped(
     only_on_sqlite(stack)
     tenant = new_tenant(stack, "acme")
     contact_id = make_contact(stack.db, tenant.account_id, position="Intern")
-    env = {"CONTACTSYNC_MAX_BACKLOG": "3", "CONTACTSYNC_BACKLOG_REFRESH_SECONDS": "0.05"}
+    env = {"CONTACTSYNC_MAX_BACKLOG": "3", "CONTACTSYNC_MAX_ACCOUNT_BACKLOG": "100",
+           "CONTACTSYNC_BACKLOG_REFRESH_SECONDS": "0.05"}
     with extra_gateway(stack, tmp_path, idle=True, **env) as idle:
         client = httpx.Client(base_url=idle.base_url, headers={"X-API-Key": tenant.key})
         with client:
@@ -211,7 +212,8 @@ def test_the_backlog_counts_updates_not_messages(stack: Stack, tmp_path: Path) -
     only_on_sqlite(stack)
     tenant = new_tenant(stack, "acme")
     contact_ids = [make_contact(stack.db, tenant.account_id) for _ in range(5)]
-    env = {"CONTACTSYNC_MAX_BACKLOG": "4", "CONTACTSYNC_BACKLOG_REFRESH_SECONDS": "0.05"}
+    env = {"CONTACTSYNC_MAX_BACKLOG": "4", "CONTACTSYNC_MAX_ACCOUNT_BACKLOG": "100",
+           "CONTACTSYNC_BACKLOG_REFRESH_SECONDS": "0.05"}
     with extra_gateway(stack, tmp_path, idle=True, **env) as idle:
         client = httpx.Client(base_url=idle.base_url, headers={"X-API-Key": tenant.key})
         with client:
