@@ -19,7 +19,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 
 import orjson
@@ -36,7 +35,6 @@ log = logging.getLogger("contactsync.gateway")
 QUEUES = (names.UPDATES_QUEUE, names.BULK_QUEUE)
 RETRY_AFTER_SECONDS = 5  # workers drain thousands of updates a second: a few seconds is plenty
 SHARE_WHEN_FULL = 10  # over max_backlog, an account may hold a tenth of it
-REFUSED_SECONDS = 1.0  # how long an account refused is refused at once, before its body is read
 SAMPLE = 8  # messages read from each end of a queue when its length alone cannot decide
 
 BACKLOG = Gauge(
@@ -74,7 +72,7 @@ class BacklogGauge:
         self._redis = redis
         self._max = max_backlog
         self._max_account = max_account_backlog or max(1, max_backlog // 2)
-        self._refused_until: dict[str, float] = {}
+        self._refused: set[str] = set()
         self._interval = interval
         self._max_per_message = max_per_message
         self._task: asyncio.Task[None] | None = None
@@ -96,23 +94,17 @@ class BacklogGauge:
         return self._max_account
 
     def note_refused(self, account_id: str) -> None:
-        """Remember that the accept script refused this account, for `REFUSED_SECONDS`.
+        """Remember that the accept script refused this account, until the next refresh.
 
         Meanwhile its updates are refused before their body is read: each refusal in a flush
         sends the rest of the flush, other accounts' updates with it, to Redis a second time.
         """
-        if len(self._refused_until) > 10_000:
-            self._refused_until.clear()
-        self._refused_until[account_id] = time.monotonic() + REFUSED_SECONDS
+        self._refused.add(account_id)
 
     def check(self, account_id: str) -> None:
-        """Refuse with 503 an account the accept script refused a moment ago."""
-        until = self._refused_until.get(account_id)
-        if until is None:
-            return
-        if time.monotonic() < until:
+        """Refuse with 503 an account the accept script refused since the last refresh."""
+        if account_id in self._refused:
             raise refusal()
-        del self._refused_until[account_id]
 
     async def start(self) -> None:
         with contextlib.suppress(Exception):  # Redis down: requests fail on their own anyway
@@ -125,6 +117,7 @@ class BacklogGauge:
 
     async def refresh(self) -> None:
         """Read the queue lengths, and sample messages where the lengths cannot decide."""
+        self._refused.clear()  # the script decides again, once per account and refresh
         async with self._redis.pipeline(transaction=False) as pipe:
             for queue in QUEUES:
                 pipe.llen(queue_list_key(queue))

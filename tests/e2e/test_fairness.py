@@ -145,3 +145,7 @@ def test_one_accounts_batch_flood_neither_refuses_nor_stalls_another_accounts_pu
             late.append(round(took, 1))
     assert not late, late
     assert get_contact(stack, single.key, single_contact)["position"] == f"P{len(single_statuses)}"
+    # Each finished update left its account's count: the flood's drains to nothing too.
+    for account_id in (single.account_id, flooders[0].account_id):
+        key = names.account_pending_key(account_id)
+        wait_until(lambda k=key: stack.redis.zcard(k) == 0, timeout=60)  # type: ignore[misc]
