@@ -41,6 +41,7 @@ class Publisher:
         self._backlogged = backlogged or (lambda: False)
         self._max_batch = max_batch
         self._pending: list[tuple[Submission, asyncio.Future[Outcome]]] = []
+        self._continued: set[asyncio.Future[Outcome]] = set()  # not the last of a request's
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -60,8 +61,14 @@ class Publisher:
         return await self._add(submission)
 
     async def submit_many(self, submissions: list[Submission]) -> list[Outcome]:
-        """Queue several submissions in the same flush when they fit; return their outcomes."""
-        return list(await asyncio.gather(*(self._add(s) for s in submissions)))
+        """Queue several submissions in the same flush; return their outcomes.
+
+        One flush, so that a batch meets its account's backlog limit whole: the accept script
+        takes or refuses an account's updates of one flush together.
+        """
+        futures = [self._add(s) for s in submissions]
+        self._continued.update(futures[:-1])
+        return list(await asyncio.gather(*futures))
 
     def _add(self, submission: Submission) -> asyncio.Future[Outcome]:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -100,8 +107,12 @@ class Publisher:
                 return
 
     async def _flush(self) -> None:
-        batch = self._pending[: self._max_batch * 4]
-        del self._pending[: len(batch)]
+        size = min(len(self._pending), self._max_batch * 4)
+        while size < len(self._pending) and self._pending[size - 1][1] in self._continued:
+            size += 1
+        batch = self._pending[:size]
+        del self._pending[:size]
+        self._continued.difference_update(future for _, future in batch)
         try:
             outcomes = await self._enqueuer.accept([s for s, _ in batch])
         except Exception as exc:

@@ -96,17 +96,12 @@ async def batch_update(request: Request, principal: Writer, gateway: GatewayDep)
             principal.key_id, principal.update_rate_limit_per_second, len(submissions)
         )
     outcomes = await gateway.publisher.submit_many([s for _, s in submissions])
-    if outcomes and all(isinstance(o, BacklogRefused) for o in outcomes):
+    if any(isinstance(o, BacklogRefused) for o in outcomes):
+        # One flush holds the whole batch, and the script takes an account's flush whole or
+        # refuses it whole: none of it was queued.
         backlog.note_refused(principal.account_id)
         raise refusal()
     for (index, submission), outcome in zip(submissions, outcomes, strict=True):
-        if isinstance(outcome, BacklogRefused):
-            # A batch the publisher split over two flushes, the limit reached between them.
-            refused = refusal()
-            results[index] = {"index": index, "id": submission.contact_id, "error": {
-                "code": refused.code, "message": refused.message, "details": refused.details,
-            }}
-            continue
         assert isinstance(outcome, Accepted)  # no idempotency key, so never a replay
         results[index] = {
             "index": index, "id": submission.contact_id,

@@ -15,7 +15,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from api_gateway.publisher import Publisher
 from contactsync.celery_message import queue_list_key
-from contactsync.enqueue import Accepted, Enqueuer, Submission
+from contactsync.enqueue import Accepted, Enqueuer, Outcome, Submission
 from contactsync.settings import Settings
 
 QUEUE = "tests.publisher"  # no worker reads it
@@ -99,3 +99,31 @@ def test_a_default_mode_submission_waits_for_company(settings: Settings, redis: 
 
     _run(settings, body, linger=0.001, wait_linger=0.3)
     assert [sorted(m) for m in _messages(redis)] == [["upd_publisher0001", "upd_publisher0002"]]
+
+
+def test_a_batch_larger_than_a_flush_still_goes_in_one(settings: Settings, redis: Redis) -> None:
+    # One flush is what lets the accept script take or refuse a batch whole (an account's
+    # backlog limit): split, its first part could be queued and the rest refused.
+    flushes: list[int] = []
+
+    async def run() -> None:
+        client = AsyncRedis.from_url(settings.redis_url)
+        enqueuer = Enqueuer(client, idempotency_ttl=60, max_batch=200, origin="tests")
+        accept = enqueuer.accept
+
+        async def counted(submissions: list[Submission]) -> list[Outcome]:
+            flushes.append(len(submissions))
+            return await accept(submissions)
+
+        enqueuer.accept = counted  # type: ignore[method-assign,assignment]
+        publisher = Publisher(enqueuer, linger_seconds=0.001, max_batch=200)
+        publisher.start()
+        try:
+            outcomes = await publisher.submit_many([_submission(n) for n in range(1000)])
+            assert all(isinstance(o, Accepted) for o in outcomes)
+        finally:
+            await publisher.stop()
+            await client.aclose()
+
+    asyncio.run(run())
+    assert flushes == [1000]  # four times max_batch is where a flush is cut otherwise
