@@ -6,11 +6,12 @@ process, the updates that would take their account over. While the queues as a w
 more than `max_backlog`, an account's limit drops to a tenth of that: the accounts holding
 most of the backlog are refused, and one with little waiting (single PUTs) is not.
 
-The global figure is only read by the request path, as a flag. A background task refreshes it every
-`backlog_refresh_seconds` with one pipelined Redis round trip: the queue lengths count task
-messages, and one message carries 1 to `publish_max_batch` updates, so when the lengths alone
-cannot decide, a few messages from each end of each queue are read to count their updates.
-Nothing queued is ever dropped: only new updates are refused.
+The request path only reads the global figure, as the limit it passes the script. A
+background task refreshes it every `backlog_refresh_seconds` with one pipelined Redis round
+trip: the queue lengths count task messages, and one message carries 1 to
+`publish_max_batch` updates, so when the lengths alone cannot decide, a few messages from each
+end of each queue are read to count their updates. Nothing queued is ever dropped: only new
+updates are refused.
 """
 
 from __future__ import annotations
