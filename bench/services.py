@@ -179,7 +179,7 @@ def start(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Ser
 
 
 def start_gateway(env: dict[str, str], port: int, workers: int, log_dir: Path) -> Service:
-    service = start("gateway", [sys.executable, "-m", "contactsync", "gateway", "--port",
+    service = start("gateway", [sys.executable, "-m", "cli", "gateway", "--port",
                                 str(port), "--workers", str(workers)], env, log_dir)
     wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, "gateway")
     wait_listening(port, workers, "gateway")

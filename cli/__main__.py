@@ -1,5 +1,5 @@
-"""`python -m contactsync` runs the command line."""
+"""`python -m cli` runs the command line."""
 
-from contactsync.cli import main
+from cli import main
 
 raise SystemExit(main())

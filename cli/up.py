@@ -20,7 +20,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
-from contactsync.cli.errors import CliError
+from cli.errors import CliError
 from contactsync.contacts import create_contact
 from contactsync.db import Database
 from contactsync.keys import PERMISSIONS, create_key
@@ -108,7 +108,7 @@ def prepare_demo(db: Database) -> str:
 
 
 def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "contactsync", *command], env=env)
+    return subprocess.Popen([sys.executable, "-m", "cli", *command], env=env)
 
 
 def _wait_until(

@@ -23,7 +23,7 @@ from tests.support import ROOT
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "contactsync", *args], cwd=ROOT, env=stack.env(),
+        [sys.executable, "-m", "cli", *args], cwd=ROOT, env=stack.env(),
         capture_output=True, text=True, timeout=60,
     )
 

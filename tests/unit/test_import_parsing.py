@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from contactsync.cli.errors import CliError
-from contactsync.cli.importer import BATCH_PATH, Sender, chunks, retry_after
-from contactsync.import_rows import (
+from cli.errors import CliError
+from cli.importer import BATCH_PATH, Sender, chunks, retry_after
+from cli.import_rows import (
     ImportFileError,
     Item,
     Row,
