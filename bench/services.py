@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import psycopg
 from redis import Redis
 from sqlalchemy import text
 
+from bench.processes import ROOT, free_port
 from contactsync.contacts import create_contact
 from contactsync.db import Database
 from contactsync.keys import create_key
@@ -28,16 +28,8 @@ from contactsync.migrate import upgrade
 from contactsync.models import Base
 from contactsync.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 PG_DB = "contactsync_bench"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager

@@ -17,9 +17,9 @@ from celery.signals import (
 
 from contactsync.logs import configure
 from contactsync.settings import get_settings
-from tasks.relay import RelayProcess
 from worker import metrics
 from worker.metrics_server import MetricsServerProcess, enable_multiprocess
+from worker.relay import RelayProcess
 
 _relay: RelayProcess | None = None
 _metrics_dir: Path | None = None

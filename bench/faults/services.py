@@ -20,12 +20,12 @@ import httpx
 import psycopg
 from redis import Redis
 
+from bench.processes import Process, free_port, service_env, wait_until
 from contactsync.contacts import create_contact
 from contactsync.db import Database
 from contactsync.keys import create_key
 from contactsync.migrate import upgrade
 from contactsync.models import Base
-from tests.support import Process, free_port, service_env, wait_until
 
 PG_ADMIN_URL = os.environ.get(
     "CONTACTSYNC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test"

@@ -14,10 +14,10 @@ import sys
 import orjson
 import psycopg
 
+from bench.faults.oracle import stream_events, wait_drained
+from bench.faults.services import Stack, Tenant
 from contactsync.db import Database
-from tests.faults.oracle import stream_events, wait_drained
 from tests.faults.reads import contact_row, put_async, record_of, wait_status
-from tests.faults.services import Stack, Tenant
 from tests.support import ROOT
 
 

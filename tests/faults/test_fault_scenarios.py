@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.load import CLIENT_TIMEOUT
-from tests.faults.scenarios import QUICK, SCENARIOS, Scenario, table
+from bench.faults.load import CLIENT_TIMEOUT
+from bench.faults.scenarios import QUICK, SCENARIOS, Scenario, table
 
 # Restarting PostgreSQL breaks every other connection to it: in CI the server is ours alone;
 # on a machine shared with other people's tests, ask for it explicitly.

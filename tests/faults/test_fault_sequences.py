@@ -6,12 +6,12 @@ from typing import Any
 
 import httpx
 
+from bench.faults.load import Load
+from bench.faults.oracle import check, wait_drained
+from bench.faults.services import Stack, Tenant
 from contactsync import names
 from contactsync.db import Database
-from tests.faults.load import Load
-from tests.faults.oracle import check, wait_drained
 from tests.faults.reads import contact_row, put_async, wait_status
-from tests.faults.services import Stack, Tenant
 from tests.support import wait_until
 
 

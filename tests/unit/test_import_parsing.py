@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from cli.errors import CliError
-from cli.importer import BATCH_PATH, Sender, chunks, retry_after
 from cli.import_rows import (
     ImportFileError,
     Item,
@@ -23,6 +22,7 @@ from cli.import_rows import (
     read_items,
     split_tags,
 )
+from cli.importer import BATCH_PATH, Sender, chunks, retry_after
 
 
 def csv_items(text: str) -> list[Item]:
