@@ -21,6 +21,7 @@ from redis import Redis
 from sqlalchemy import text
 
 from bench.processes import ROOT, free_port
+from contactsync import supervise
 from contactsync.contacts import create_contact
 from contactsync.db import Database
 from contactsync.keys import create_key
@@ -143,13 +144,7 @@ class Service:
         return total / 1024
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        supervise.stop([self.process], grace=30)
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from cli.errors import CliError
+from contactsync import supervise
 from contactsync.contacts import create_contact
 from contactsync.db import Database
 from contactsync.keys import PERMISSIONS, create_key
@@ -224,13 +225,4 @@ def _wait_for_exit(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    deadline = time.monotonic() + 30
-    for process in processes:
-        try:
-            process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    supervise.stop(processes, grace=30)

@@ -18,6 +18,7 @@ from contactsync.enqueue import requeue_orphans
 from contactsync.logs import configure
 from contactsync.models import OutboxEvent
 from contactsync.settings import Settings, get_settings
+from contactsync.supervise import exit_with_parent
 from worker.app import sweep_interval
 
 log = logging.getLogger("contactsync.relay")
@@ -71,8 +72,8 @@ def requeue_lost(redis: Redis, settings: Settings) -> int:
     return len(update_ids)
 
 
-def run_relay(settings: Settings, stop: threading.Event, parent_pid: int | None = None) -> None:
-    """Publish outbox events until `stop` is set (or the parent process is gone), then drain.
+def run_relay(settings: Settings, stop: threading.Event) -> None:
+    """Publish outbox events until `stop` is set, then drain.
 
     Between passes, look for pending updates that lost their task message (`requeue_lost`).
     """
@@ -81,7 +82,7 @@ def run_relay(settings: Settings, stop: threading.Event, parent_pid: int | None 
     next_sweep = time.monotonic()
     failures = 0
     try:
-        while not stop.is_set() and (parent_pid is None or os.getppid() == parent_pid):
+        while not stop.is_set():
             try:
                 published = relay_once(db, redis, settings)
                 failures = 0
@@ -114,7 +115,8 @@ def _relay_process_main(parent_pid: int) -> None:
         signal.signal(signum, lambda *_: stop.set())
     settings = get_settings()
     configure(settings)  # as the worker logs: JSON lines unless stderr is a terminal
-    run_relay(settings, stop, parent_pid)
+    exit_with_parent(parent_pid, stop.set)  # a worker killed outright: drain, then exit
+    run_relay(settings, stop)
 
 
 if __name__ == "__main__":
