@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,3 +74,40 @@ def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, st
                 "CONTACTSYNC_WORKER_METRICS_PORT": "0"})
     env.update(extra)
     return env
+
+
+def _pings(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith(b"+PONG")
+
+
+def start_redis(
+    log_path: Path, port: int, data_dir: Path | None = None, *, appendonly: bool = False,
+    timeout: float = 20,
+) -> Process:
+    """Start a redis-server on loopback `port` and wait until it answers. `appendonly`: with
+    its append-only file, fsynced every second (the production setting)."""
+    args = [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1",
+            "--port", str(port), "--save", ""]
+    args += ["--appendonly", "yes", "--appendfsync", "everysec"] if appendonly else [
+        "--appendonly", "no"]
+    if data_dir is not None:
+        args += ["--dir", str(data_dir)]
+    process = Process(args, {"PATH": os.environ.get("PATH", "")}, log_path)
+    wait_until(lambda: _pings(port), timeout=timeout)
+    return process
+
+
+def worker_args(
+    hostname: str, concurrency: int = 1, *, app: str = "worker.app",
+    queues: str = "contacts.updates,contacts.bulk", loglevel: str = "INFO",
+    heartbeat: bool = True,
+) -> list[str]:
+    """Return the command of a Celery worker (prefork pool, task events on) named `hostname`."""
+    args = [
+        sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "prefork",
+        "--concurrency", str(concurrency), "-Q", queues, "-E", "--without-gossip",
+        "--without-mingle", "--loglevel", loglevel, "--hostname", f"{hostname}@%h",
+    ]
+    return args if heartbeat else [*args, "--without-heartbeat"]

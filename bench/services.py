@@ -17,10 +17,9 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from redis import Redis
 from sqlalchemy import text
 
-from bench.processes import ROOT, free_port
+from bench.processes import ROOT, free_port, start_redis, worker_args
 from contactsync import supervise
 from contactsync.contacts import create_contact
 from contactsync.db import Database
@@ -41,18 +40,12 @@ def private_redis() -> Iterator[str]:
         raise SystemExit("bench needs redis-server on PATH")
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as data:
         port = free_port()
-        process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", data, "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
+        process = start_redis(Path(data) / "redis.log", port, Path(data), appendonly=True,
+                              timeout=60)
         try:
-            wait_for(lambda: Redis.from_url(url).ping(), "redis")
-            yield url
+            yield f"redis://127.0.0.1:{port}/0"
         finally:
-            process.terminate()
-            process.wait(10)
+            process.stop(10)
 
 
 def database_url(backend: str, workdir: Path) -> str:
@@ -186,8 +179,6 @@ def start_worker(
     env: dict[str, str], concurrency: int, log_dir: Path, app: str = "worker.app",
     queues: str = "contacts.updates,contacts.bulk",
 ) -> Service:
-    service = start("worker", [sys.executable, "-m", "celery", "-A", app, "worker",
-                               "--concurrency", str(concurrency), "-Q", queues, "-E",
-                               "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
-                    env, log_dir)
+    service = start("worker", worker_args(f"bench-{os.getpid()}", concurrency, app=app,
+                                          queues=queues, loglevel="WARNING"), env, log_dir)
     return service
