@@ -20,6 +20,8 @@ from tests.e2e.gateways import private_redis
 from tests.e2e.ops import CONTACTSYNC, contactsync, stop_gently, wait_http_ok
 from tests.support import ROOT, Process, free_port, service_env, wait_until
 
+pytestmark = pytest.mark.slow  # gateways killed and started again
+
 
 def _children(pid: int) -> set[int]:
     # Every thread's: a process started again is started by the thread that watched it.

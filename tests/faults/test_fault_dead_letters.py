@@ -13,12 +13,15 @@ import sys
 
 import orjson
 import psycopg
+import pytest
 
 from bench.faults.oracle import stream_events, wait_drained
 from bench.faults.services import Stack, Tenant
 from contactsync.db import Database
 from tests.faults.reads import contact_row, put_async, record_of, wait_status
 from tests.support import ROOT
+
+pytestmark = pytest.mark.slow  # a fault stack of its own
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

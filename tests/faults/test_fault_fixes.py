@@ -27,6 +27,8 @@ from tests.integration.apply_support import ORIGIN, accepted, push
 from tests.support import free_port, wait_until
 from worker.app import transport_options
 
+pytestmark = pytest.mark.slow  # a fault stack of its own
+
 VISIBILITY = 10  # CONTACTSYNC_VISIBILITY_TIMEOUT_SECONDS of every fault stack
 
 

@@ -15,6 +15,8 @@ import pytest
 from bench.faults.load import CLIENT_TIMEOUT
 from bench.faults.scenarios import QUICK, SCENARIOS, Scenario, table
 
+pytestmark = pytest.mark.slow  # fault scenarios under load
+
 # Restarting PostgreSQL breaks every other connection to it: in CI the server is ours alone;
 # on a machine shared with other people's tests, ask for it explicitly.
 RESTART_POSTGRES = bool(os.environ.get("CI") or os.environ.get("CONTACTSYNC_FAULTS_PG_RESTART"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from bench.faults.load import Load
 from bench.faults.oracle import check, wait_drained
@@ -13,6 +14,8 @@ from contactsync import names
 from contactsync.db import Database
 from tests.faults.reads import contact_row, put_async, wait_status
 from tests.support import wait_until
+
+pytestmark = pytest.mark.slow  # a fault stack of its own
 
 
 def ready(base_url: str) -> bool:
