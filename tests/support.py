@@ -1,4 +1,7 @@
-"""Helpers shared by the tests: services, free ports, processes, waiting."""
+"""Helpers shared by the tests: services, free ports, processes, waiting.
+
+The process, port, redis-server and worker-command helpers live in `bench/processes.py`, shared
+with the benchmarks (bench imports nothing from tests/), and are re-exported here."""
 
 from __future__ import annotations
 
