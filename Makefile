@@ -1,9 +1,10 @@
-# Two commands matter: `make up` (install, then run everything) and `make test`.
+# Two commands matter: `make up` (install, then run everything) and `make test`. `make check`
+# is what CI runs: lint, types, the full suite.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install up test check lint typecheck
+.PHONY: install up test test-fast check lint typecheck
 
 $(BIN)/contactsync: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,11 @@ up: install
 # Every test, against SQLite and PostgreSQL, with real Redis and real worker processes.
 test: install
 	$(BIN)/pytest
+
+# The inner loop: every test but those marked slow (fault scenarios, schemathesis, Flower in a
+# browser, compose commands, shutdowns, process supervision); about two minutes.
+test-fast: install
+	$(BIN)/pytest -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

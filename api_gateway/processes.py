@@ -16,16 +16,17 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 import uvicorn
 
+from contactsync.supervise import Restarting, exit_with_parent, stop
+
 log = logging.getLogger("contactsync.gateway")
 
-RESTART_PAUSE_SECONDS = 1.0  # between two starts of the same slot: no busy loop of crashes
+RESTART_PAUSE_SECONDS = 1.0  # before a process that died is started again: no busy loop
 STARTUP_FAILURE = 3  # uvicorn's exit status when the application cannot start
 
 
@@ -44,17 +45,14 @@ def _socket(host: str, port: int, *, shared: bool = True) -> socket.socket:
     return sock
 
 
-def _exit_with_parent(parent: int) -> None:
-    """SIGTERM this process (a graceful stop) once the launcher is gone: a gateway process
-    left behind would go on sharing the port with whatever starts on it next."""
-    while os.getppid() == parent:
-        time.sleep(1)
-    os.kill(os.getpid(), signal.SIGTERM)
+def _terminate_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)  # a graceful stop, as the launcher would ask
 
 
 def _serve_one(config: dict[str, Any], parent: int) -> None:
     """One gateway process: its own socket in the port's group, then uvicorn as usual."""
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    # A gateway process left behind would go on sharing the port with whatever starts next.
+    exit_with_parent(parent, _terminate_self)
     server = uvicorn.Server(uvicorn.Config(**config))
     try:
         server.config.load()  # the application; uvicorn logs why it cannot, then exits
@@ -90,33 +88,20 @@ def serve(config: dict[str, Any], workers: int, stop_timeout: float) -> int:
     stopping: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda received, _frame: stopping.append(received))
-    processes = [start() for _ in range(workers)]
-    started = [time.monotonic()] * workers
+    # Starting a process that could not start would fail again (the application does not
+    # load, the port was taken): stop, as a single uvicorn process would.
+    slots = [Restarting(start, "a gateway process", RESTART_PAUSE_SECONDS,
+                        fatal={STARTUP_FAILURE}) for _ in range(workers)]
     status = 0
     try:
         while not stopping:
-            for slot, process in enumerate(processes):
-                if process.is_alive() or time.monotonic() - started[slot] < RESTART_PAUSE_SECONDS:
-                    continue
-                if process.exitcode == STARTUP_FAILURE:
-                    # Starting again would fail again (the application does not load, the
-                    # port was taken): stop, as a single uvicorn process would.
-                    log.error("a gateway process could not start; stopping")
-                    stopping.append(0)
-                    status = STARTUP_FAILURE
-                    break
-                log.warning("gateway process %s exited (code %s); starting another",
-                            process.pid, process.exitcode)
-                processes[slot], started[slot] = start(), time.monotonic()
+            if any(slot.failed is not None for slot in slots):
+                log.error("a gateway process could not start; stopping")
+                status = STARTUP_FAILURE
+                break
             time.sleep(0.2)
     finally:
-        for process in processes:
-            process.terminate()  # SIGTERM: finish the requests in flight, then exit
-        deadline = time.monotonic() + stop_timeout
-        for process in processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                process.kill()
-                process.join(5)
+        # SIGTERM: each finishes the requests in flight, then exits.
+        stop([slot.halt() for slot in slots], stop_timeout)
         reservation.close()
     return status

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,9 +17,10 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from redis import Redis
 from sqlalchemy import text
 
+from bench.processes import ROOT, free_port, start_redis, worker_args
+from contactsync import supervise
 from contactsync.contacts import create_contact
 from contactsync.db import Database
 from contactsync.keys import create_key
@@ -28,16 +28,8 @@ from contactsync.migrate import upgrade
 from contactsync.models import Base
 from contactsync.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 PG_DB = "contactsync_bench"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -48,18 +40,12 @@ def private_redis() -> Iterator[str]:
         raise SystemExit("bench needs redis-server on PATH")
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as data:
         port = free_port()
-        process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", data, "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
+        process = start_redis(Path(data) / "redis.log", port, Path(data), appendonly=True,
+                              timeout=60)
         try:
-            wait_for(lambda: Redis.from_url(url).ping(), "redis")
-            yield url
+            yield f"redis://127.0.0.1:{port}/0"
         finally:
-            process.terminate()
-            process.wait(10)
+            process.stop(10)
 
 
 def database_url(backend: str, workdir: Path) -> str:
@@ -151,13 +137,7 @@ class Service:
         return total / 1024
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        supervise.stop([self.process], grace=30)
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
@@ -179,7 +159,7 @@ def start(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Ser
 
 
 def start_gateway(env: dict[str, str], port: int, workers: int, log_dir: Path) -> Service:
-    service = start("gateway", [sys.executable, "-m", "contactsync", "gateway", "--port",
+    service = start("gateway", [sys.executable, "-m", "cli", "gateway", "--port",
                                 str(port), "--workers", str(workers)], env, log_dir)
     wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, "gateway")
     wait_listening(port, workers, "gateway")
@@ -199,8 +179,6 @@ def start_worker(
     env: dict[str, str], concurrency: int, log_dir: Path, app: str = "worker.app",
     queues: str = "contacts.updates,contacts.bulk",
 ) -> Service:
-    service = start("worker", [sys.executable, "-m", "celery", "-A", app, "worker",
-                               "--concurrency", str(concurrency), "-Q", queues, "-E",
-                               "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
-                    env, log_dir)
+    service = start("worker", worker_args(f"bench-{os.getpid()}", concurrency, app=app,
+                                          queues=queues, loglevel="WARNING"), env, log_dir)
     return service

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -19,12 +18,12 @@ from contactsync.enqueue import requeue_orphans
 from contactsync.logs import configure
 from contactsync.models import OutboxEvent
 from contactsync.settings import Settings, get_settings
+from contactsync.supervise import exit_with_parent
 from worker.app import sweep_interval
 
 log = logging.getLogger("contactsync.relay")
 
 MAX_BACKOFF_SECONDS = 5.0  # the longest pause between failed passes
-RESTART_PAUSE_SECONDS = 1.0  # before a relay that died is started again
 
 
 def relay_once(db: Database, redis: Redis, settings: Settings) -> int:
@@ -77,8 +76,8 @@ def requeue_lost(redis: Redis, settings: Settings) -> int:
     return len(update_ids)
 
 
-def run_relay(settings: Settings, stop: threading.Event, parent_pid: int | None = None) -> None:
-    """Publish outbox events until `stop` is set (or the parent process is gone), then drain.
+def run_relay(settings: Settings, stop: threading.Event) -> None:
+    """Publish outbox events until `stop` is set, then drain.
 
     Between passes, look for pending updates that lost their task message (`requeue_lost`).
     """
@@ -87,7 +86,7 @@ def run_relay(settings: Settings, stop: threading.Event, parent_pid: int | None 
     next_sweep = time.monotonic()
     failures = 0
     try:
-        while not stop.is_set() and (parent_pid is None or os.getppid() == parent_pid):
+        while not stop.is_set():
             try:
                 published = relay_once(db, redis, settings)
                 failures = 0
@@ -120,62 +119,8 @@ def _relay_process_main(parent_pid: int) -> None:
         signal.signal(signum, lambda *_: stop.set())
     settings = get_settings()
     configure(settings)  # as the worker logs: JSON lines unless stderr is a terminal
-    run_relay(settings, stop, parent_pid)
-
-
-class RelayProcess:
-    """Run the relay in a process of its own beside a worker's pool, and keep it running.
-
-    Not a thread of the worker's main process: the pool forks its children from that process,
-    and a child forked while a thread there held an SQLite connection inherits SQLite's
-    in-process lock state, then waits out its busy timeout on every write (SQLite's rule:
-    never carry a connection across fork). A fresh interpreter inherits none of it. A relay
-    that dies (killed, out of memory) is started again: without it no event is published and
-    no lost task message is queued again, while the worker itself looks healthy. The thread
-    that watches it holds no connection.
-    """
-
-    def __init__(self) -> None:
-        self._process: subprocess.Popen[bytes] | None = None
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()  # stopping and starting again never cross
-        self._watcher: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._process = self._spawn()
-        self._watcher = threading.Thread(target=self._watch, name="relay-watch", daemon=True)
-        self._watcher.start()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        # The same interpreter and environment, hence the same settings as the worker.
-        return subprocess.Popen(
-            [sys.executable, "-m", "tasks.relay", str(os.getpid())], stdin=subprocess.DEVNULL
-        )
-
-    def _watch(self) -> None:
-        while not self._stopping.is_set():
-            assert self._process is not None
-            code = self._process.wait()
-            if self._stopping.wait(RESTART_PAUSE_SECONDS):
-                return
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                log.warning("the outbox relay exited (code %s); starting it again", code)
-                self._process = self._spawn()
-
-    def stop(self, timeout: float = 10) -> None:
-        """Ask the relay to drain and exit; kill it if it has not within `timeout`."""
-        with self._lock:
-            self._stopping.set()
-        if self._process is None:
-            return
-        self._process.terminate()  # SIGTERM: drain, then exit
-        try:
-            self._process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(5)
+    exit_with_parent(parent_pid, stop.set)  # a worker killed outright: drain, then exit
+    run_relay(settings, stop)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from tests.support import (
     require_service,
     service_env,
     start_gateway,
+    start_redis,
     start_worker,
     wait_for_worker,
     wait_until,
@@ -68,17 +67,11 @@ def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     port = free_port()
     data = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}"
+    process = start_redis(data / "redis.log", port, data, timeout=10)
     try:
-        wait_until(lambda: _redis_ok(url), timeout=10)
-        yield url
+        yield f"redis://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        process.wait(10)
+        process.stop(10)
 
 
 def _postgres_url() -> str | None:
@@ -137,21 +130,29 @@ def redis_client(settings: Settings) -> Iterator[Redis]:
     client.close()
 
 
-def _quiet(redis_client: Redis, timeout: float = 15) -> None:
-    """Wait until no update is queued, held by a worker, or still stored unfinished."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = redis_client.llen("contacts.updates") + redis_client.llen("contacts.bulk")
-        busy += redis_client.hlen("unacked")
-        busy += len(list(redis_client.scan_iter("contactsync:update:*", count=1000)))
-        if not busy:
-            return
-        time.sleep(0.05)
+def _busy(redis_client: Redis) -> int:
+    """Count the task messages queued or held by a worker. (A stored body alone is no work: a
+    worker leaves an unreadable one where it is.)"""
+    busy = redis_client.llen("contacts.updates") + redis_client.llen("contacts.bulk")
+    return int(busy + redis_client.hlen("unacked"))
+
+
+def _quiet(redis_client: Redis, who: str, timeout: float = 15) -> None:
+    """Wait until the stack's worker has finished its work; fail `who` if it has not: work left
+    running would change the next test's data under it."""
+    try:
+        wait_until(lambda: not _busy(redis_client), timeout=timeout)
+    except AssertionError:
+        pytest.fail(f"{who} left work behind: {_busy(redis_client)} task messages still "
+                    f"queued or held after {timeout:.0f} s")
+
+
+_worker_running: list[bool] = []  # the session's worker is up: queued work drains
 
 
 def _clean(database: Database, redis_client: Redis) -> None:
-    # A previous test's updates may still be applying: let them finish before emptying.
-    _quiet(redis_client)
+    if _worker_running:  # a test that used no stack may still have queued work for its worker
+        _quiet(redis_client, "the test before this one")
     with database.unit_of_work() as session:
         for table in reversed(Base.metadata.sorted_tables):
             session.execute(table.delete())
@@ -236,12 +237,16 @@ def running_stack(
     port = free_port()
     gateway = start_gateway(env, port, logs / "gateway.log")
     wait_for_worker(worker)
+    _worker_running.append(True)
     yield Stack(f"http://127.0.0.1:{port}", settings, database, redis_client, worker, gateway)
+    _worker_running.clear()
     gateway.stop()
     worker.stop()
 
 
 @pytest.fixture
-def stack(running_stack: Stack, db: Database) -> Stack:
-    """The running stack, with the database and Redis emptied before the test."""
-    return running_stack
+def stack(running_stack: Stack, db: Database) -> Iterator[Stack]:
+    """The running stack, with the database and Redis emptied before the test; the test fails
+    if its worker has not finished the test's work 15 s after it."""
+    yield running_stack
+    _quiet(running_stack.redis, "this test")

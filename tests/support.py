@@ -1,22 +1,31 @@
-"""Helpers shared by the tests: services, free ports, processes, waiting."""
+"""Helpers shared by the tests: services, free ports, processes, waiting.
+
+The process, port, redis-server and worker-command helpers live in `bench/processes.py`, shared
+with the benchmarks (bench imports nothing from tests/), and are re-exported here."""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
+from sqlalchemy import text
 
-ROOT = Path(__file__).resolve().parents[1]
-T = TypeVar("T")
+from bench.processes import (
+    ROOT,
+    Process,
+    free_port,
+    service_env,
+    start_redis,
+    wait_until,
+    worker_args,
+)
+from contactsync.db import Database
+
+__all__ = ["ROOT", "Process", "free_port", "service_env", "start_redis", "wait_until"]
 
 
 def require_service(name: str, ok: bool) -> None:
@@ -28,73 +37,8 @@ def require_service(name: str, ok: bool) -> None:
     pytest.skip(f"{name} is not answering")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until(probe: Callable[[], T | None], timeout: float = 20, interval: float = 0.05) -> T:
-    """Return the first truthy value `probe` gives before `timeout`, or fail the test."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-            if value:
-                return value
-        except Exception as exc:  # the thing probed may not be up yet
-            last_error = exc
-        time.sleep(interval)
-    raise AssertionError(f"gave up after {timeout}s (last error: {last_error!r})")
-
-
-class Process:
-    """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.args = args
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.popen = subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def stop(self, timeout: float = 15) -> int | None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
-        self._log.close()
-        return self.popen.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
-    """Return the environment for a gateway or worker under test."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTSYNC_")}
-    env.update({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1",
-                # Tests that scrape worker metrics set a free port of their own.
-                "CONTACTSYNC_WORKER_METRICS_PORT": "0"})
-    env.update(extra)
-    return env
-
-
 def start_worker(env: dict[str, str], log_path: Path) -> Process:
-    args = [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "prefork",
-        "--concurrency", "1", "-Q", "contacts.updates,contacts.bulk", "-E",
-        "--without-gossip", "--without-mingle", "--loglevel", "INFO",
-        "--hostname", f"test-{os.getpid()}-{log_path.stem}@%h",
-    ]
-    return Process(args, env, log_path)
+    return Process(worker_args(f"test-{os.getpid()}-{log_path.stem}"), env, log_path)
 
 
 def start_gateway(env: dict[str, str], port: int, log_path: Path) -> Process:
@@ -109,3 +53,25 @@ def start_gateway(env: dict[str, str], port: int, log_path: Path) -> Process:
 
 def wait_for_worker(process: Process, timeout: float = 30) -> None:
     wait_until(lambda: "ready." in process.log(), timeout=timeout)
+
+
+def _lock_waiters(db: Database) -> int:
+    with db.reading() as session:
+        waiting = session.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ))
+    return int(waiting or 0)
+
+
+def wait_blocked(db: Database, tid: int, alive: Callable[[], bool] = lambda: True) -> None:
+    """Wait until thread or process `tid` waits for a lock held in another connection: on
+    PostgreSQL a session waiting on a lock, on SQLite `tid` sleeping in SQLite's busy handler
+    (BEGIN IMMEDIATE behind another writer). A barrier, not a guess at how long it takes: on a
+    busy machine a fixed sleep may end before the race is set up. Stops waiting once `alive`
+    says the waiter has finished (refused at once, say)."""
+    if db.settings.is_sqlite:
+        wchan = Path(f"/proc/{tid}/wchan")
+        wait_until(lambda: not alive() or wchan.read_text() == "hrtimer_nanosleep", timeout=30)
+    else:
+        wait_until(lambda: not alive() or _lock_waiters(db) > 0, timeout=30)

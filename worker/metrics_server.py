@@ -26,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
+from contactsync import supervise
 from contactsync.db import Database
 from contactsync.metrics_dir import make_metrics_dir
 from contactsync.models import OutboxEvent
@@ -88,12 +89,7 @@ class MetricsServerProcess:
     def stop(self, timeout: float = 5) -> None:
         """Stop the server, then drop the sample directory."""
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
+            supervise.stop([self._process], timeout)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -110,11 +106,17 @@ def serve(settings: Settings, directory: Path, parent_pid: int, stop: threading.
         log.warning("worker metrics not served on %s:%s (%s)", address, port, exc.strerror)
         return 0
     log.info("worker metrics on http://%s:%s/metrics", address, port)
-    while not stop.wait(1):
-        if os.getppid() != parent_pid:
-            # The worker died without stopping us: nobody else will clean up.
-            shutil.rmtree(directory, ignore_errors=True)
-            break
+    orphaned = threading.Event()
+
+    def worker_gone() -> None:
+        orphaned.set()
+        stop.set()
+
+    supervise.exit_with_parent(parent_pid, worker_gone)
+    while not stop.wait(1):  # a signal handler runs between waits
+        pass
+    if orphaned.is_set():  # the worker died without stopping us: nobody else will clean up
+        shutil.rmtree(directory, ignore_errors=True)
     server.shutdown()
     server.server_close()
     return 0

@@ -17,11 +17,12 @@ from celery.signals import (
 
 from contactsync.logs import configure
 from contactsync.settings import get_settings
-from tasks.relay import RelayProcess
+from contactsync.supervise import Restarting
 from worker import metrics
 from worker.metrics_server import MetricsServerProcess, enable_multiprocess
+from worker.relay import start_relay as _start_relay_process
 
-_relay: RelayProcess | None = None
+_relay: Restarting | None = None
 _metrics_dir: Path | None = None
 _metrics_server: MetricsServerProcess | None = None
 
@@ -64,8 +65,7 @@ def freeze_startup_objects(**_: Any) -> None:
 
 def start_relay(**_: Any) -> None:
     global _relay
-    _relay = RelayProcess()
-    _relay.start()
+    _relay = _start_relay_process()
 
 
 def start_metrics_server(**_: Any) -> None:
@@ -77,7 +77,7 @@ def start_metrics_server(**_: Any) -> None:
 
 def stop_relay(**_: Any) -> None:
     if _relay is not None:
-        _relay.stop()
+        _relay.stop(grace=10)  # SIGTERM: the relay drains, then exits
 
 
 def stop_metrics_server(**_: Any) -> None:

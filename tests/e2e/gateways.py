@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 from redis import Redis
 
 from tests.conftest import Stack
-from tests.support import Process, free_port, service_env, start_gateway, wait_until
+from tests.support import Process, free_port, service_env, start_gateway, start_redis
 
 
 @dataclass
@@ -26,13 +25,9 @@ class Extra:
 def private_redis(log_dir: Path) -> Iterator[str]:
     """Run a Redis server of this test's own (no worker reads it); yield its URL."""
     port = free_port()
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no"]
-    server = Process(args, {"PATH": os.environ.get("PATH", "")}, log_dir / f"redis-{port}.log")
-    url = f"redis://127.0.0.1:{port}/0"
+    server = start_redis(log_dir / f"redis-{port}.log", port)
     try:
-        wait_until(lambda: Redis.from_url(url).ping(), timeout=10)
-        yield url
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
         server.stop()
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
-from contactsync.cli import main
+from cli import main
 from contactsync.db import Database
 from contactsync.settings import get_settings
 from tasks.relay import relay_once

@@ -25,6 +25,8 @@ from tests.e2e.gateways import private_redis
 from tests.e2e.ops import BIN, hostname
 from tests.support import ROOT, Process, free_port, wait_until
 
+pytestmark = pytest.mark.slow  # every compose service's command and health check
+
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 EXAMPLE = dict(re.findall(r"^([A-Z_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.M))

@@ -23,6 +23,8 @@ from tests.conftest import make_contact, make_tenant
 from tests.e2e.ops import Services, contactsync, own_services, samples, value, wait_http_ok
 from tests.support import ROOT, free_port, require_service, wait_until
 
+pytestmark = pytest.mark.slow  # Flower in a real browser
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from contactsync.cli import importer, main
+from cli import importer, main
 from contactsync.contacts import create_contact
 from contactsync.models import Contact
 from contactsync.settings import get_settings

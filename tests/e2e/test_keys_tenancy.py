@@ -36,7 +36,7 @@ KEY_CACHE_SECONDS = 2.0  # the documented default bound on a revoked key
 def test_keys_are_stored_only_as_hashes(stack: Stack) -> None:
     env = service_env(stack.settings.database_url, stack.settings.redis_url)
     created = subprocess.run(
-        [sys.executable, "-m", "contactsync", "keys", "create", "--account", "acme",
+        [sys.executable, "-m", "cli", "keys", "create", "--account", "acme",
          "--permission", "contacts:read", "--rate-limit", "50/s"],
         env=env, cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
     )

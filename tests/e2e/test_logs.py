@@ -183,6 +183,7 @@ def terminal_up(
             assert status == 0, term.screen()[-3000:]
 
 
+@pytest.mark.slow  # all of `contactsync up`
 def test_up_in_a_terminal_logs_plain_text_and_prints_flower_credentials(
     terminal_up: tuple[Terminal, str],
 ) -> None:

@@ -21,10 +21,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from contactsync.keys import create_key
 from tests.conftest import ALL_PERMISSIONS, Stack, make_contact
 from tests.e2e.helpers import ASYNC, api
 from tests.support import ROOT
+
+pytestmark = pytest.mark.slow  # schemathesis: hundreds of generated requests
 
 # Cases per operation and phase that Schemathesis generates (its --max-examples).
 EXAMPLES = int(os.environ.get("CONTACTSYNC_SCHEMATHESIS_EXAMPLES", "5"))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 from sqlalchemy import select
 
 from contactsync.db import Database
@@ -28,6 +29,8 @@ from tests.e2e.ops import (
     wait_worker_ready,
 )
 from tests.support import free_port, service_env, wait_until
+
+pytestmark = pytest.mark.slow  # SIGTERM under load
 
 
 def _read_head(sock: socket.socket, data: bytes = b"") -> tuple[int, bytes, bytes]:

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from contactsync.db import Database
-from contactsync.settings import Settings
-from tests.faults.services import (
+from bench.faults.services import (
     RedisServer,
     Stack,
     Tenant,
@@ -26,6 +24,8 @@ from tests.faults.services import (
     postgres_available,
     seed,
 )
+from contactsync.db import Database
+from contactsync.settings import Settings
 from tests.support import require_service
 
 

@@ -13,17 +13,20 @@ import sys
 
 import orjson
 import psycopg
+import pytest
 
+from bench.faults.oracle import stream_events, wait_drained
+from bench.faults.services import Stack, Tenant
 from contactsync.db import Database
-from tests.faults.oracle import stream_events, wait_drained
 from tests.faults.reads import contact_row, put_async, record_of, wait_status
-from tests.faults.services import Stack, Tenant
 from tests.support import ROOT
+
+pytestmark = pytest.mark.slow  # a fault stack of its own
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "contactsync", *args], cwd=ROOT, env=stack.env(),
+        [sys.executable, "-m", "cli", *args], cwd=ROOT, env=stack.env(),
         capture_output=True, text=True, timeout=60,
     )
 

@@ -13,6 +13,7 @@ import pytest
 from kombu.transport.redis import Channel as KombuChannel
 from redis.asyncio import Redis as AsyncRedis
 
+from bench.faults.services import Stack, Tenant
 from contactsync import names
 from contactsync.apply import apply_batch
 from contactsync.db import Database
@@ -22,10 +23,11 @@ from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
 from tasks.relay import run_relay
 from tests.faults.reads import put_async, row_locked, status_of
-from tests.faults.services import Stack, Tenant
 from tests.integration.apply_support import ORIGIN, accepted, push
 from tests.support import free_port, wait_until
 from worker.app import transport_options
+
+pytestmark = pytest.mark.slow  # a fault stack of its own
 
 VISIBILITY = 10  # CONTACTSYNC_VISIBILITY_TIMEOUT_SECONDS of every fault stack
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.load import CLIENT_TIMEOUT
-from tests.faults.scenarios import QUICK, SCENARIOS, Scenario, table
+from bench.faults.load import CLIENT_TIMEOUT
+from bench.faults.scenarios import QUICK, SCENARIOS, Scenario, table
+
+pytestmark = pytest.mark.slow  # fault scenarios under load
 
 # Restarting PostgreSQL breaks every other connection to it: in CI the server is ours alone;
 # on a machine shared with other people's tests, ask for it explicitly.

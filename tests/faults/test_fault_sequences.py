@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
+from bench.faults.load import Load
+from bench.faults.oracle import check, wait_drained
+from bench.faults.services import Stack, Tenant
 from contactsync import names
 from contactsync.db import Database
-from tests.faults.load import Load
-from tests.faults.oracle import check, wait_drained
 from tests.faults.reads import contact_row, put_async, wait_status
-from tests.faults.services import Stack, Tenant
 from tests.support import wait_until
+
+pytestmark = pytest.mark.slow  # a fault stack of its own
 
 
 def ready(base_url: str) -> bool:

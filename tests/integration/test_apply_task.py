@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +21,7 @@ from tests.integration.apply_support import (
     dead_letters,
     records,
 )
+from tests.support import wait_blocked
 
 
 @pytest.fixture
@@ -46,7 +46,8 @@ def test_a_concurrent_delivery_of_a_not_found_update_does_not_fail_it(
             target=lambda: results.append(apply_with_fallback(runtime, [update]))
         )
         second.start()
-        time.sleep(0.5)  # let it block behind this uncommitted record
+        assert second.native_id is not None
+        wait_blocked(runtime.db, second.native_id, second.is_alive)
     second.join(30)
     (result,) = results
     assert first.status == "not_found"

@@ -10,6 +10,8 @@ import pytest
 
 from tests.support import ROOT, require_service
 
+pytestmark = pytest.mark.slow  # the benchmark
+
 
 # About 70 s on a quiet machine, over 120 s (the suite's default) while the rest of CI loads it.
 @pytest.mark.timeout(660)

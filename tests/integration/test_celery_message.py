@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ import pytest
 import redis
 from kombu.utils.json import loads as kombu_loads
 
+from contactsync import supervise
 from contactsync.celery_message import build_task_message, queue_list_key
 
 BROKER_URL = "redis://127.0.0.1:6379/13"
@@ -107,13 +107,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """Warm-shut the worker down, killing it if it does not exit in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        supervise.stop([self.process], grace=15)
 
 
 @pytest.fixture

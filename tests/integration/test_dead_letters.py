@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 from collections.abc import Iterator
 
 import orjson
@@ -18,6 +17,7 @@ from contactsync.db import Database
 from contactsync.names import update_body_key
 from contactsync.timeutil import utcnow
 from tests.integration.apply_support import ORIGIN, accepted
+from tests.support import wait_blocked
 
 # No worker consumes it, and the `db` fixture drops it (a contactsync:* key) before each test.
 QUEUE = "contactsync:test:replays"
@@ -90,7 +90,8 @@ def test_concurrent_replays_queue_a_letter_once(db: Database, redis_client: Redi
         assert dead.replay(session, redis_client, [], ORIGIN) == [update.update_id]
         thread = threading.Thread(target=replay_again)
         thread.start()
-        time.sleep(0.5)  # the second replay now waits for this one's commit
+        assert thread.native_id is not None
+        wait_blocked(db, thread.native_id, thread.is_alive)  # behind this one's commit
     thread.join(40)
     assert len(second) == 1
     assert second[0] == [] or isinstance(second[0], OperationalError)

@@ -38,7 +38,7 @@ from tests.integration.apply_support import (
     push,
     records,
 )
-from tests.support import wait_until
+from tests.support import wait_blocked, wait_until
 
 FIELDS = ("name", "email", "phone", "company", "position", "linkedin_url", "tags", "custom_fields")
 
@@ -446,8 +446,8 @@ def test_an_update_whose_pool_process_dies_is_applied_once_by_another(stack: Sta
     with writes_blocked(stack, contact_id):
         message = push(stack.redis, [update])
         wait_until(lambda: f"[{task_id_of(message)}] received" in stack.worker.log(), timeout=10)
-        time.sleep(0.5)  # the pool process is now waiting inside the task
         (child,) = pool_children(stack.worker.popen.pid)
+        wait_blocked(stack.db, child)  # the pool process waits inside the task
         os.kill(child, signal.SIGKILL)
         wait_until(lambda: child not in pool_children(stack.worker.popen.pid), timeout=10)
     wait_finished(stack, [update], **{update.update_id: "applied"})

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from contactsync.cli import build_parser
+from cli import build_parser
 from contactsync.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

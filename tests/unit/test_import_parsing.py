@@ -10,9 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from contactsync.cli.errors import CliError
-from contactsync.cli.importer import BATCH_PATH, Sender, chunks, retry_after
-from contactsync.import_rows import (
+from cli.errors import CliError
+from cli.import_rows import (
     ImportFileError,
     Item,
     Row,
@@ -23,6 +22,7 @@ from contactsync.import_rows import (
     read_items,
     split_tags,
 )
+from cli.importer import BATCH_PATH, Sender, chunks, retry_after
 
 
 def csv_items(text: str) -> list[Item]:

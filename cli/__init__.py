@@ -11,8 +11,8 @@ from typing import NoReturn
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from contactsync.cli import admin, importer, services
-from contactsync.cli.errors import CliError
+from cli import admin, importer, services
+from cli.errors import CliError
 
 
 class _Parser(argparse.ArgumentParser):

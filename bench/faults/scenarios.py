@@ -2,7 +2,7 @@
 
 Each scenario starts its own Redis and processes on the faults database, drives the load,
 injects its fault once `fault_at` of the updates have been answered, lets everything drain,
-and checks the outcome against the oracle (`tests/faults/oracle.py`). The pytest quick form
+and checks the outcome against the oracle (`bench/faults/oracle.py`). The pytest quick form
 and `python -m bench.faults` run the very same functions at different sizes.
 """
 
@@ -20,11 +20,11 @@ from typing import Any
 
 from redis import Redis
 
+from bench.faults.load import Load
+from bench.faults.oracle import Report, check, wait_drained
+from bench.faults.services import RedisServer, Stack, empty_tables, restart_postgres, seed
 from contactsync.db import Database
 from contactsync.settings import Settings
-from tests.faults.load import Load
-from tests.faults.oracle import Report, check, wait_drained
-from tests.faults.services import RedisServer, Stack, empty_tables, restart_postgres, seed
 
 UPDATES_LIST = "contacts.updates"
 

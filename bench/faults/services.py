@@ -20,12 +20,19 @@ import httpx
 import psycopg
 from redis import Redis
 
+from bench.processes import (
+    Process,
+    free_port,
+    service_env,
+    start_redis,
+    wait_until,
+    worker_args,
+)
 from contactsync.contacts import create_contact
 from contactsync.db import Database
 from contactsync.keys import create_key
 from contactsync.migrate import upgrade
 from contactsync.models import Base
-from tests.support import Process, free_port, service_env, wait_until
 
 PG_ADMIN_URL = os.environ.get(
     "CONTACTSYNC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test"
@@ -95,14 +102,8 @@ class RedisServer:
         data_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> None:
-        binary = shutil.which("redis-server") or "redis-server"
-        args = [
-            binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-        ]
-        env = {"PATH": os.environ.get("PATH", "")}
-        self.process = Process(args, env, self.log_dir / f"redis-{self.port}.log")
-        wait_until(self.ping, timeout=20)
+        self.process = start_redis(self.log_dir / f"redis-{self.port}.log", self.port,
+                                   self.data_dir, appendonly=True)
 
     def ping(self) -> bool:
         client = Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=2)
@@ -163,12 +164,8 @@ class Stack:
     ) -> Process:
         """Start a Celery worker named `name` (its node name stays the same across restarts)."""
         self._starts += 1
-        args = [
-            sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "prefork",
-            "--concurrency", str(concurrency), "-Q", QUEUES, "-E", "--without-gossip",
-            "--without-mingle", "--without-heartbeat", "--loglevel", "INFO",
-            "--hostname", f"faults-{os.getpid()}-{name}@%h",
-        ]
+        args = worker_args(f"faults-{os.getpid()}-{name}", concurrency, queues=QUEUES,
+                           heartbeat=False)
         log = self.log_dir / f"worker-{name}-{self._starts}.log"
         env = self.env()
         if redis_url is not None:

@@ -75,6 +75,6 @@ def flower(args: argparse.Namespace) -> int:
 
 
 def up(args: argparse.Namespace) -> int:
-    from contactsync.cli.up import run
+    from cli.up import run
 
     return run(gateway_port=args.port, flower_port=args.flower_port)

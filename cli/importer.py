@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from contactsync.cli.errors import CliError
-from contactsync.import_rows import FORMATS, Format, Row, RowError, detect_format, read_items
+from cli.errors import CliError
+from cli.import_rows import FORMATS, Format, Row, RowError, detect_format, read_items
 from contactsync.settings import get_settings
 
 BATCH_PATH = "/external/v1/contacts/batch/update"

@@ -20,7 +20,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
-from contactsync.cli.errors import CliError
+from cli.errors import CliError
+from contactsync import supervise
 from contactsync.contacts import create_contact
 from contactsync.db import Database
 from contactsync.keys import PERMISSIONS, create_key
@@ -108,7 +109,7 @@ def prepare_demo(db: Database) -> str:
 
 
 def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "contactsync", *command], env=env)
+    return subprocess.Popen([sys.executable, "-m", "cli", *command], env=env)
 
 
 def _wait_until(
@@ -224,13 +225,4 @@ def _wait_for_exit(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    deadline = time.monotonic() + 30
-    for process in processes:
-        try:
-            process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    supervise.stop(processes, grace=30)

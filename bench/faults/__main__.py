@@ -1,4 +1,4 @@
-"""`python -m bench.faults`: every fault scenario of `tests/faults/` at a size of your choosing.
+"""`python -m bench.faults`: every fault scenario of `bench/faults/` at a size of your choosing.
 
 Starts a private Redis per scenario (append-only file on) and uses the machine's PostgreSQL
 (a database `contactsync_faults_<pid>` of its own, dropped at the end). The PostgreSQL
@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.faults.scenarios import QUICK, SCENARIOS, Size, long_form, table
-from tests.faults.services import drop_database, fresh_database
+from bench.faults.scenarios import QUICK, SCENARIOS, Size, long_form, table
+from bench.faults.services import drop_database, fresh_database
 
 
 def main(argv: list[str] | None = None) -> int:

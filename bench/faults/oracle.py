@@ -19,12 +19,12 @@ import orjson
 from redis import Redis
 from sqlalchemy import func, select
 
+from bench.faults.load import LoadLog, Sent
 from contactsync import names
 from contactsync.db import Database
 from contactsync.models import Contact, OutboxEvent, UpdateRecord
 from contactsync.settings import Settings
 from contactsync.timeutil import isoformat
-from tests.faults.load import LoadLog, Sent
 
 FINISHED = ("applied", "noop", "failed", "not_found")
 STREAM = Settings().events_stream

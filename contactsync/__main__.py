@@ -1,5 +1,0 @@
-"""`python -m contactsync` runs the command line."""
-
-from contactsync.cli import main
-
-raise SystemExit(main())
