@@ -100,6 +100,10 @@ def merge(
 
 
 def _fold_markers(seqs: dict[str, int], custom: Mapping[str, Any], max_markers: int) -> None:
+    # The custom keys' sequences bound the markers from above, and cost no scan to count.
+    others = sum(name in seqs for name in (*SCALAR_FIELDS, "tags", CUSTOM_FLOOR))
+    if len(seqs) - others <= max_markers:
+        return
     markers = sorted(
         (s, name) for name, s in seqs.items()
         if name.startswith(CUSTOM_PREFIX) and name[len(CUSTOM_PREFIX):] not in custom
