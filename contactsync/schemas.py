@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -22,6 +21,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from contactsync.errors import ValidationFailed
 from contactsync.messages import body_messages
+from contactsync.nfc import nfc
 
 STRING_FIELDS = ("name", "email", "phone", "company", "position", "linkedin_url")
 CLEARABLE_FIELDS = frozenset(STRING_FIELDS) - {"name"}
@@ -141,13 +141,14 @@ HttpUrl = Annotated[str, AfterValidator(_http_url), _text(2048, HTTP_URL_PATTERN
 _TAGS_SCHEMA = {
     "type": "array",
     "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG_LENGTH, "pattern": _NOT_BLANK},
-    "description": f"Replaces the tags; at most {MAX_TAGS} distinct ones, duplicates dropped.",
+    "description": f"Replaces the tags; at most {MAX_TAGS} distinct ones, duplicates dropped "
+    "(compared after trimming and Unicode normalisation, NFC).",
 }
 Tags = Annotated[
     list[Annotated[str, Field(strict=True)]], AfterValidator(_tags), WithJsonSchema(_TAGS_SCHEMA)
 ]
 # Custom field keys and values are not trimmed: trimming keys could merge two of them. They are
-# normalised to NFC like every string (`_nfc`), where two keys that differ only in form are one.
+# normalised to NFC like every string (`nfc`), where two keys that differ only in form are one.
 _Verbatim = Annotated[str, StringConstraints(strip_whitespace=False)]
 _SafeInt = Annotated[int, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 _SafeFloat = Annotated[
@@ -366,37 +367,11 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def _nfc(value: Any, field: str | None = None) -> Any:
-    """Return `value` with every string (and object key) in Unicode normal form C.
-
-    Before validation, so that lengths count characters as stored and duplicate tags are
-    dropped after normalisation. Trimming (pydantic's, after) commutes with NFC: no
-    composition starts or ends with whitespace or makes any.
-    """
-    if isinstance(value, str):
-        return unicodedata.normalize("NFC", value)
-    if isinstance(value, list):
-        return [_nfc(v, field) for v in value]
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            name = _nfc(key)
-            if name in out:
-                where = field or name
-                raise ValidationFailed({where: (
-                    f"the key {name[:80]!r} is sent twice, in two Unicode forms of one text"
-                    if field else "This field is sent twice, in two Unicode forms of one text."
-                )})
-            out[name] = _nfc(item, field or name)
-        return out
-    return value
-
-
 def parse_body(model: type[M], body: Any) -> M:
     """Validate a decoded JSON body, or raise `ValidationFailed` naming each bad field."""
     if not isinstance(body, dict):
         raise ValidationFailed({"_body": "The body must be a JSON object."})
-    body = _nfc(body)
+    body = nfc(body)
     # PostgreSQL text cannot hold NUL, and no contact field has a use for it.
     nul_errors = {
         str(k): "may not contain the NUL character" for k, v in body.items() if _has_nul(v)
