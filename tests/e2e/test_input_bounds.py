@@ -3,8 +3,9 @@ validation messages, and strings stored in Unicode normal form C."""
 
 from __future__ import annotations
 
+from contactsync.models import DeadLetter
 from tests.conftest import Stack, make_contact
-from tests.e2e.helpers import api, assert_bad_fields, contact_path, new_tenant
+from tests.e2e.helpers import ASYNC, api, assert_bad_fields, contact_path, new_tenant
 
 CONTACTS = "/external/v1/contacts"
 BATCH = "/external/v1/contacts/batch/update"
@@ -80,3 +81,25 @@ def test_strings_are_stored_composed_and_found_in_either_form(stack: Stack) -> N
     for form in (COMPOSED, DECOMPOSED):
         found = client.get(CONTACTS, params={"tags": form, "company": form}).json()["data"]
         assert [c["id"] for c in found["contacts"]] == [contact["id"]]
+
+
+def test_the_worker_refuses_an_update_that_would_grow_custom_fields_past_16_kib(
+    stack: Stack
+) -> None:
+    tenant = new_tenant(stack, "acme")
+    client = api(stack, tenant.key)
+    # 16 values of 1,000 characters: 16,145 bytes of JSON, just under the bound.
+    stored = {f"k{i:02}": "v" * 1000 for i in range(16)}
+    created = client.post(CONTACTS, json={"name": "Ada", "custom_fields": stored})
+    assert created.status_code == 201, created.text
+    path = contact_path(created.json()["data"]["id"])
+    more = {"custom_fields": {"more": "m" * 1000}}  # valid alone, too much on this contact
+    over = assert_bad_fields(client.put(path, json=more), "custom_fields")
+    assert "16384 bytes" in over["custom_fields"]
+    queued = client.put(path, json=more, headers=ASYNC)
+    assert queued.status_code == 202, queued.text
+    record = stack.wait_finished(tenant.key, queued.json()["data"]["update_id"])
+    assert (record["status"], record["error"]["code"]) == ("failed", "VALIDATION_ERROR")
+    with stack.db.reading() as session:
+        assert session.get(DeadLetter, record["update_id"]) is not None
+    assert client.get(path).json()["data"]["custom_fields"] == stored
