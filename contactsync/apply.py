@@ -150,7 +150,8 @@ def _apply_one(
         error = {"code": "NOT_FOUND", "message": "Contact not found."}
         return Outcome(update, "not_found", error=error)
     result = merge(locked.state, update.patch, update.seq)
-    refusal = "custom_fields" in update.patch and _too_much_custom(locked.state, result.state)
+    touches_custom = "custom_fields" in update.patch
+    refusal = _too_much_custom(locked.state, result.state) if touches_custom else None
     if refusal:
         error = {"code": "VALIDATION_ERROR", "message": refusal}
         return Outcome(update, "failed", contact=dict(locked.public), error=error)
