@@ -10,6 +10,7 @@ from tests.e2e.helpers import ASYNC, api, assert_bad_fields, contact_path, new_t
 CONTACTS = "/external/v1/contacts"
 BATCH = "/external/v1/contacts/batch/update"
 INTERNALS = ("function-after", "constrained", "[", "pydantic", "Value error", "Input should")
+JSON = {"Content-Type": "application/json"}
 COMPOSED = "caf\u00e9"
 DECOMPOSED = "cafe\u0301"
 
@@ -59,7 +60,16 @@ def test_messages_are_plain_words_for_bodies_batch_items_and_query_parameters(
     listed = assert_bad_fields(client.get(CONTACTS, params={"limit": "many", "page": 0}),
                                "limit", "page")
     assert listed == {"limit": "must be a whole number", "page": "must be at least 1"}
-    for message in (*put.values(), *listed.values()):
+    raw = {b"\xff\xfe{}": "not valid UTF-8", b'{"n": 1e400}': "too large",
+           b'{"position": ': "unexpected end of data"}
+    bodies = [
+        assert_bad_fields(client.put(contact_path(contact_id), content=text, headers=JSON),
+                          "_body")["_body"]
+        for text in raw
+    ]
+    for message, says in zip(bodies, raw.values(), strict=True):
+        assert says in message and "str " not in message and "double" not in message, message
+    for message in (*put.values(), *listed.values(), *bodies):
         assert not any(marker in message for marker in INTERNALS), message
 
 
