@@ -128,10 +128,12 @@ def test_a_pass_of_large_events_is_split_into_calls_bounded_by_bytes(
             published += n
     finally:
         client.close()
-    assert client.calls and max(client.calls) <= bound, client.calls
-    assert len(client.calls) >= 30 * 3000 // bound
+    assert max(client.calls, default=0) <= bound, client.calls
     with Redis.from_url(settings.redis_url) as redis:
         ids = wait_published(db, redis, settings, 30)
     assert sorted(ids) == sorted(u.update_id for u in updates)
-    if published == 30:  # alone (no stack worker's relay helped): in outbox order
+    # Alone (a stack worker's relay, when the suite runs, may take some): every event in
+    # several calls, in outbox order.
+    if published == 30:
+        assert len(client.calls) >= 30 * 3000 // bound
         assert ids == [u.update_id for u in updates]
