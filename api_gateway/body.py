@@ -43,10 +43,23 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ValidationFailed({"_body": f"Malformed JSON: {exc}"}) from None
+        raise ValidationFailed({"_body": _malformed(exc)}) from None
     if _may_repeat_a_key(raw, body):
         _refuse_repeated_keys(raw)
     return body
+
+
+def _malformed(exc: orjson.JSONDecodeError) -> str:
+    """Say what is wrong with a body that is not JSON, in words about the text sent.
+
+    orjson's own words are plain, but for two that speak of its internals (`str`, `double`).
+    """
+    where = f"line {exc.lineno} column {exc.colno}"
+    if "UTF-8" in exc.msg:
+        return f"The body is not valid UTF-8 text ({where})."
+    if "infinity" in exc.msg:
+        return f"Malformed JSON: a number too large to be a JSON number ({where})."
+    return f"Malformed JSON: {exc.msg} ({where})."
 
 
 def _may_repeat_a_key(raw: bytes, body: Any) -> bool:

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from api_gateway.responses import JSONResponse
 from contactsync.errors import ClientError
+from contactsync.messages import plain
 
 log = logging.getLogger("contactsync.gateway")
 
@@ -89,7 +90,7 @@ async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
     fields: dict[str, str] = {}
     for error in exc.errors():
         loc = [str(p) for p in error.get("loc", ()) if p not in ("query", "path", "header", "body")]
-        fields.setdefault(".".join(loc) or "_body", str(error.get("msg", "invalid")))
+        fields.setdefault(".".join(loc) or "_body", plain(error))
     return error_response(400, "VALIDATION_ERROR", "The request is not valid.", {"fields": fields})
 
 

@@ -17,7 +17,7 @@ from contactsync.dead_letters import park
 from contactsync.merge import SCALAR_FIELDS, Change, ContactState, merge
 from contactsync.models import Contact, OutboxEvent, UpdateRecord
 from contactsync.row_batches import RowInsert, RowUpdate
-from contactsync.schemas import MAX_CUSTOM_FIELDS
+from contactsync.schemas import MAX_CUSTOM_FIELDS, MAX_CUSTOM_FIELDS_BYTES, custom_fields_bytes
 from contactsync.timeutil import isoformat, parse_iso
 from contactsync.updates import AcceptedUpdate
 
@@ -150,11 +150,10 @@ def _apply_one(
         error = {"code": "NOT_FOUND", "message": "Contact not found."}
         return Outcome(update, "not_found", error=error)
     result = merge(locked.state, update.patch, update.seq)
-    if len(result.state.custom_fields) > MAX_CUSTOM_FIELDS:
-        error = {
-            "code": "VALIDATION_ERROR",
-            "message": f"A contact holds at most {MAX_CUSTOM_FIELDS} custom fields.",
-        }
+    touches_custom = "custom_fields" in update.patch
+    refusal = _too_much_custom(locked.state, result.state) if touches_custom else None
+    if refusal:
+        error = {"code": "VALIDATION_ERROR", "message": refusal}
         return Outcome(update, "failed", contact=dict(locked.public), error=error)
     if result.state != locked.state:  # values, or only the sequences that wrote them
         locked.state = result.state
@@ -167,6 +166,19 @@ def _apply_one(
         "custom_fields": dict(result.state.custom_fields), "updated_at": applied_at,
     }
     return Outcome(update, "applied", result.changes, dict(locked.public))
+
+
+def _too_much_custom(before: ContactState, after: ContactState) -> str | None:
+    """Say why the custom fields `after` an update are more than a contact may hold, if so."""
+    if len(after.custom_fields) > MAX_CUSTOM_FIELDS:
+        return f"A contact holds at most {MAX_CUSTOM_FIELDS} custom fields."
+    size = custom_fields_bytes(dict(after.custom_fields))
+    # Only growth past the bound is refused: a contact stored over it before the bound existed
+    # can still be trimmed.
+    if size > MAX_CUSTOM_FIELDS_BYTES and size > custom_fields_bytes(dict(before.custom_fields)):
+        return (f"A contact's custom fields hold at most {MAX_CUSTOM_FIELDS_BYTES} bytes "
+                "as compact JSON.")
+    return None
 
 
 def _record(update: AcceptedUpdate, outcome: Outcome, now: datetime) -> dict[str, Any]:

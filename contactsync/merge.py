@@ -8,6 +8,10 @@ from typing import Any
 
 SCALAR_FIELDS = ("name", "email", "phone", "company", "position", "linkedin_url")
 CUSTOM_PREFIX = "custom_fields."
+# The floor of every custom key without a sequence of its own: no custom key can be named by
+# it, since a key is at least one character after CUSTOM_PREFIX.
+CUSTOM_FLOOR = "custom_fields"
+MAX_MARKERS = 100  # deletion markers (sequences of absent custom keys) kept per contact
 
 
 @dataclass(frozen=True)
@@ -15,8 +19,10 @@ class ContactState:
     """The mergeable part of a contact, with the sequence that last wrote each field.
 
     `field_seqs` keys are field names, `tags`, and `custom_fields.<key>` for each custom
-    field key; a removed custom key keeps its sequence (a tombstone) so that an older
-    update arriving later cannot bring it back.
+    field key; a removed custom key keeps its sequence (a marker) so that an older update
+    arriving later cannot bring it back. Markers are bounded: past `MAX_MARKERS`, the oldest
+    are dropped and `CUSTOM_FLOOR` rises to the newest sequence dropped; an absent key
+    without a marker of its own takes that floor as its sequence (see `merge`).
     """
 
     fields: Mapping[str, Any] = field(default_factory=dict)
@@ -37,16 +43,31 @@ class MergeResult:
     changes: dict[str, Change]
 
 
-def merge(state: ContactState, patch: Mapping[str, Any], seq: int) -> MergeResult:
-    """Apply one update's patch at sequence `seq`: each field moves only if `seq` is newer."""
+def merge(
+    state: ContactState, patch: Mapping[str, Any], seq: int, max_markers: int = MAX_MARKERS
+) -> MergeResult:
+    """Apply one update's patch at sequence `seq`: each field moves only if `seq` is newer.
+
+    A null for a custom key is a marker whether or not the key was there: without it an
+    older write of the key arriving later would bring the key back, which applying in
+    sequence order would not. Markers past `max_markers` are folded into the floor, which
+    keeps the rule exact for every update that arrives before the floor passes its sequence,
+    that is before more than `max_markers` deletions at or past its sequence were applied to
+    the contact. A write arriving later to an absent key without a marker is refused as
+    stale: the rule may drop such a late write, but never restores a deleted value nor
+    writes one that sequence order would not hold. Scalar fields and tags are exact always.
+    tests/unit/test_merge.py holds both properties.
+    """
     fields = dict(state.fields)
     tags = state.tags
     custom = dict(state.custom_fields)
     seqs = dict(state.field_seqs)
     changes: dict[str, Change] = {}
 
-    def wins(name: str) -> bool:
-        if seq <= seqs.get(name, -1):
+    floor = seqs.get(CUSTOM_FLOOR, -1)
+
+    def wins(name: str, absent: bool = False) -> bool:
+        if seq <= seqs.get(name, floor if absent else -1):
             return False
         seqs[name] = seq
         return True
@@ -63,7 +84,7 @@ def merge(state: ContactState, patch: Mapping[str, Any], seq: int) -> MergeResul
             tags = new_tags
     for key, value in (patch.get("custom_fields") or {}).items():
         name = CUSTOM_PREFIX + key
-        if not wins(name):
+        if not wins(name, absent=key not in custom):
             continue
         old = custom.get(key)
         if value is None:
@@ -73,7 +94,27 @@ def merge(state: ContactState, patch: Mapping[str, Any], seq: int) -> MergeResul
         elif key not in custom or _differs(old, value):
             custom[key] = value
             changes[name] = Change(old, value)
+    if patch.get("custom_fields"):
+        _fold_markers(seqs, custom, max_markers)
     return MergeResult(ContactState(fields, tags, custom, seqs), changes)
+
+
+def _fold_markers(seqs: dict[str, int], custom: Mapping[str, Any], max_markers: int) -> None:
+    # The custom keys' sequences bound the markers from above, and cost no scan to count.
+    others = sum(name in seqs for name in (*SCALAR_FIELDS, "tags", CUSTOM_FLOOR))
+    if len(seqs) - others <= max_markers:
+        return
+    markers = sorted(
+        (s, name) for name, s in seqs.items()
+        if name.startswith(CUSTOM_PREFIX) and name[len(CUSTOM_PREFIX):] not in custom
+    )
+    if len(markers) <= max_markers:
+        return
+    floor = max(seqs.get(CUSTOM_FLOOR, -1), markers[-max_markers - 1][0])
+    seqs[CUSTOM_FLOOR] = floor
+    for marker_seq, name in markers:
+        if marker_seq <= floor:  # the floor stands for it now
+            del seqs[name]
 
 
 def _differs(old: Any, new: Any) -> bool:

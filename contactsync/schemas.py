@@ -6,6 +6,7 @@ import re
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+import orjson
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
@@ -19,6 +20,8 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from contactsync.errors import ValidationFailed
+from contactsync.messages import body_messages
+from contactsync.nfc import nfc
 
 STRING_FIELDS = ("name", "email", "phone", "company", "position", "linkedin_url")
 CLEARABLE_FIELDS = frozenset(STRING_FIELDS) - {"name"}
@@ -26,6 +29,10 @@ MAX_TAGS = 100
 MAX_TAG_LENGTH = 64
 MAX_CUSTOM_FIELDS = 100
 MAX_CUSTOM_KEY_LENGTH = 64
+MAX_CUSTOM_VALUE_LENGTH = 1000  # characters of a string value
+# A contact's custom_fields as compact JSON in UTF-8 (`custom_fields_bytes`): bounds every
+# event, stored record and answer that carries the contact.
+MAX_CUSTOM_FIELDS_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_ITEMS = 1000
 MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
@@ -93,12 +100,25 @@ def _tags(values: list[str]) -> list[str]:
 JsonScalar = str | int | float | bool | None
 
 
+def custom_fields_bytes(values: dict[str, JsonScalar]) -> int:
+    """Return the size of custom fields as compact JSON in UTF-8 (non-ASCII unescaped)."""
+    return len(orjson.dumps(values))
+
+
 def _custom_fields(values: dict[str, JsonScalar]) -> dict[str, JsonScalar]:
     if len(values) > MAX_CUSTOM_FIELDS:
         raise ValueError(f"must hold at most {MAX_CUSTOM_FIELDS} keys")
-    for key in values:
+    for key, value in values.items():
         if not 1 <= len(key) <= MAX_CUSTOM_KEY_LENGTH:
             raise ValueError(f"key {key[:80]!r} must be 1 to {MAX_CUSTOM_KEY_LENGTH} characters")
+        if isinstance(value, str) and len(value) > MAX_CUSTOM_VALUE_LENGTH:
+            raise ValueError(
+                f"the value of {key[:80]!r} must be at most {MAX_CUSTOM_VALUE_LENGTH} characters"
+            )
+    if custom_fields_bytes(values) > MAX_CUSTOM_FIELDS_BYTES:
+        raise ValueError(
+            f"must be at most {MAX_CUSTOM_FIELDS_BYTES} bytes as compact JSON (UTF-8)"
+        )
     return values
 
 
@@ -121,12 +141,14 @@ HttpUrl = Annotated[str, AfterValidator(_http_url), _text(2048, HTTP_URL_PATTERN
 _TAGS_SCHEMA = {
     "type": "array",
     "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG_LENGTH, "pattern": _NOT_BLANK},
-    "description": f"Replaces the tags; at most {MAX_TAGS} distinct ones, duplicates dropped.",
+    "description": f"Replaces the tags; at most {MAX_TAGS} distinct ones, duplicates dropped "
+    "(compared after trimming and Unicode normalisation, NFC).",
 }
 Tags = Annotated[
     list[Annotated[str, Field(strict=True)]], AfterValidator(_tags), WithJsonSchema(_TAGS_SCHEMA)
 ]
-# Custom field keys and values are kept exactly as sent: trimming keys could merge two of them.
+# Custom field keys and values are not trimmed: trimming keys could merge two of them. They are
+# normalised to NFC like every string (`nfc`), where two keys that differ only in form are one.
 _Verbatim = Annotated[str, StringConstraints(strip_whitespace=False)]
 _SafeInt = Annotated[int, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 _SafeFloat = Annotated[
@@ -138,13 +160,14 @@ _CUSTOM_FIELDS_SCHEMA = {
     "maxProperties": MAX_CUSTOM_FIELDS,
     "propertyNames": {"minLength": 1, "maxLength": MAX_CUSTOM_KEY_LENGTH, "pattern": _NO_NUL},
     "additionalProperties": {"anyOf": [
-        {"type": "string", "pattern": _NO_NUL},
+        {"type": "string", "maxLength": MAX_CUSTOM_VALUE_LENGTH, "pattern": _NO_NUL},
         {"type": "integer", **_SAFE_RANGE},
         {"type": "number", **_SAFE_RANGE},
         {"type": "boolean"},
         {"type": "null"},
     ]},
-    "description": "Merged key by key; a key set to null is removed.",
+    "description": "Merged key by key; a key set to null is removed. At most "
+    f"{MAX_CUSTOM_FIELDS_BYTES} bytes as compact JSON (UTF-8), in the body and on the contact.",
 }
 CustomFields = Annotated[
     dict[_Verbatim, _Verbatim | _SafeInt | _SafeFloat | bool | None],
@@ -322,41 +345,13 @@ class UpdateRecordEnvelope(BaseModel):
 M = TypeVar("M", bound=ContactFields)
 
 
-def _field_errors(exc: ValidationError, body: Any) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for error in exc.errors(include_url=False):
-        loc = error["loc"]
-        field = str(loc[0]) if loc else "_body"
-        if error["type"] == "extra_forbidden":
-            message = "Unknown field."
-        elif error["type"] in ("none_required", "string_type", "dict_type", "list_type") and (
-            isinstance(body, dict) and body.get(field, 0) is None
-        ):
-            message = "May not be null."
-        elif field == "custom_fields" and len(loc) > 1:
-            key = next((p for p in loc[1:] if not str(p).startswith("function-")), loc[1])
-            message = f"{key}: must be a string, number, boolean or null"
-            if any(_out_of_range(e, key) for e in exc.errors(include_url=False)):
-                message = f"{key}: numbers must be within ±{MAX_SAFE_INTEGER} (2^53 - 1)"
-        else:
-            message = error["msg"].removeprefix("Value error, ")
-            if len(loc) > 1:
-                message = f"{'.'.join(str(p) for p in loc[1:])}: {message}"
-        fields.setdefault(field, message)
-    return fields
-
-
-def _out_of_range(error: Any, key: Any) -> bool:
-    return key in error["loc"] and error["type"] in ("less_than_equal", "greater_than_equal")
-
-
 def _check_nulls(body: dict[str, Any], model: type[ContactFields]) -> dict[str, str]:
     fields: dict[str, str] = {}
     for field in ("name", "tags", "custom_fields"):
         if field in body and body[field] is None and field in model.model_fields:
             fields[field] = (
                 "May not be null: a contact always has a name." if field == "name"
-                else "May not be null: send [] or {} to clear." if field == "tags"
+                else "May not be null: send an empty array to clear the tags." if field == "tags"
                 else "May not be null: set a key to null to remove it."
             )
     return fields
@@ -376,6 +371,7 @@ def parse_body(model: type[M], body: Any) -> M:
     """Validate a decoded JSON body, or raise `ValidationFailed` naming each bad field."""
     if not isinstance(body, dict):
         raise ValidationFailed({"_body": "The body must be a JSON object."})
+    body = nfc(body)
     # PostgreSQL text cannot hold NUL, and no contact field has a use for it.
     nul_errors = {
         str(k): "may not contain the NUL character" for k, v in body.items() if _has_nul(v)
@@ -386,7 +382,8 @@ def parse_body(model: type[M], body: Any) -> M:
     try:
         parsed = model.model_validate(body)
     except ValidationError as exc:
-        raise ValidationFailed({**_field_errors(exc, body), **null_errors}) from None
+        messages = body_messages(exc.errors(include_url=False), body)
+        raise ValidationFailed({**messages, **null_errors}) from None
     if null_errors:
         raise ValidationFailed(null_errors)
     return parsed

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     )
     relay_interval_seconds: float = Field(default=0.2, gt=0, le=10)
     relay_batch_size: int = Field(default=500, ge=1)
+    relay_call_max_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024,
+        description="most event bytes in one script call of the relay (a pass makes several)",
+    )
     events_stream: str = "contactsync:events"
     events_stream_maxlen: int = Field(default=1_000_000, ge=1000)
     flower_basic_auth: str = Field(

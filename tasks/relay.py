@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from redis import Redis
 from sqlalchemy import delete, select
@@ -41,12 +42,31 @@ def relay_once(db: Database, redis: Redis, settings: Settings) -> int:
         ).all()
         if not rows:
             return 0
-        redis.register_script(scripts.PUBLISH_EVENTS)(  # EVALSHA; the script is loaded on need
-            keys=[settings.events_stream],
-            args=[settings.events_stream_maxlen, *[payload for _, payload in rows]],
-        )
+        publish = redis.register_script(scripts.PUBLISH_EVENTS)  # EVALSHA; loaded on need
+        for chunk in chunks_by_size([p for _, p in rows], settings.relay_call_max_bytes):
+            publish(keys=[settings.events_stream], args=[settings.events_stream_maxlen, *chunk])
         session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_([r.id for r in rows])))
     return len(rows)
+
+
+def chunks_by_size(payloads: list[str], max_bytes: int) -> Iterator[list[str]]:
+    """Split `payloads`, in order, into runs of at most `max_bytes` (UTF-8) each.
+
+    One script call holds every argument in Redis's memory at once, and Redis refuses a
+    command past its query buffer limit (1 GiB) and an argument past 512 MiB: a pass of 500
+    large events once made a call of gigabytes. A payload larger than `max_bytes` goes alone.
+    """
+    chunk: list[str] = []
+    size = 0
+    for payload in payloads:
+        length = len(payload.encode())
+        if chunk and size + length > max_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(payload)
+        size += length
+    if chunk:
+        yield chunk
 
 
 def requeue_lost(redis: Redis, settings: Settings) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -99,6 +100,10 @@ async def list_all(
 ) -> JSONResponse:
     """List the caller's contacts: filters, pages, and a stable cursor for sync jobs."""
     assert source is None or source in SOURCES
+    # Stored text is NFC (DESIGN §2): a filter in another form of the same text still matches.
+    search, company, email, tags = (
+        v and unicodedata.normalize("NFC", v) for v in (search, company, email, tags)
+    )
     wanted_tags = tuple(t.strip() for t in (tags or "").split(",") if t.strip())
     since = _instant(updated_since) if updated_since is not None else None
     query = ContactFilter(

@@ -89,6 +89,10 @@ FIELD_RULES: list[tuple[str, dict[str, Any], str]] = [
     ("custom field array value", {"custom_fields": {"plan": ["pro"]}}, "custom_fields"),
     ("custom field empty key", {"custom_fields": {"": "x"}}, "custom_fields"),
     ("custom field key over 64", {"custom_fields": {"k" * 65: "x"}}, "custom_fields"),
+    ("custom field value over 1,000 characters", {"custom_fields": {"note": "n" * 1001}},
+     "custom_fields"),
+    ("custom fields over 16 KiB of JSON",
+     {"custom_fields": {f"k{i}": "n" * 1000 for i in range(17)}}, "custom_fields"),
     (
         "more than 100 custom fields",
         {"custom_fields": {f"k{i}": i for i in range(101)}},
@@ -380,9 +384,9 @@ def test_a_wrong_method_is_method_not_allowed(
 
 
 def _padded(size: int) -> bytes:
-    """Return a valid update body of exactly `size` bytes."""
-    empty = orjson.dumps({"custom_fields": {"note": ""}})
-    return orjson.dumps({"custom_fields": {"note": "n" * (size - len(empty))}})
+    """Return a valid update body of exactly `size` bytes (whitespace after the fields)."""
+    body = orjson.dumps({"custom_fields": {"note": "n" * 1000}})
+    return body + b" " * (size - len(body))
 
 
 def test_a_body_over_64_kib_is_payload_too_large(stack: Stack, seeded: Seeded) -> None:

@@ -11,6 +11,8 @@ import pytest
 
 from contactsync.apply import apply_batch
 from contactsync.db import Database
+from contactsync.merge import MAX_MARKERS
+from contactsync.schemas import MAX_CUSTOM_FIELDS_BYTES, custom_fields_bytes
 from contactsync.settings import Settings
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate
@@ -226,6 +228,57 @@ def test_more_than_100_custom_fields_fails_and_changes_nothing(
     assert len(events) == 1
     assert records(db)[too_many.update_id].status == "applied"
     assert contact(db, contact_id)["custom_fields"]["extra"] == 1
+
+
+def test_an_update_that_would_push_custom_fields_past_16_kib_fails_and_is_parked(
+    db: Database, writer: Database
+) -> None:
+    tenant = make_tenant(db, "acme")
+    # 16 values of 1,000 characters: 16,145 bytes as compact JSON, just under the bound.
+    stored = {f"k{i:02}": "v" * 1000 for i in range(16)}
+    contact_id = make_contact(db, tenant.account_id, custom_fields=stored)
+    assert custom_fields_bytes(stored) <= MAX_CUSTOM_FIELDS_BYTES
+    # Each of these alone is a valid request; on this contact it would pass 16 KiB.
+    grow = accepted(tenant.account_id, contact_id,
+                    {"position": "CTO", "custom_fields": {"more": "m" * 1000}})
+    outcomes, events = run(writer, [grow])
+    assert [(o.status, o.changed_fields) for o in outcomes] == [("failed", [])]
+    assert events == []
+    assert outcomes[0].error is not None and outcomes[0].error["code"] == "VALIDATION_ERROR"
+    assert "16384 bytes" in outcomes[0].error["message"]
+    after = contact(db, contact_id)
+    assert after["custom_fields"] == stored and after["position"] is None
+    assert records(db)[grow.update_id].status == "failed"
+    assert list(dead_letters(db)) == [grow.update_id]
+    # Trading a value for one of the same size keeps it under the bound: applied.
+    swap = accepted(tenant.account_id, contact_id,
+                    {"custom_fields": {"k00": None, "more": "m" * 1000}})
+    outcomes, events = run(writer, [swap])
+    assert [o.status for o in outcomes] == ["applied"] and len(events) == 1
+
+
+def test_nulls_for_keys_a_contact_lacks_leave_bounded_sequences(
+    db: Database, writer: Database
+) -> None:
+    tenant = make_tenant(db, "acme")
+    contact_id = make_contact(db, tenant.account_id, custom_fields={"plan": "pro"})
+    nulls = [  # ten PUTs of a hundred 64-character keys, none of which the contact has
+        accepted(tenant.account_id, contact_id,
+                 {"custom_fields": {f"{n}-{i}".ljust(64, "x"): None for i in range(100)}})
+        for n in range(10)
+    ]
+    for update in nulls:
+        outcomes, events = run(writer, [update])
+        assert [o.status for o in outcomes] == ["noop"] and events == []
+    after = contact(db, contact_id)
+    assert after["custom_fields"] == {"plan": "pro"}
+    assert len(after["field_seqs"]) <= MAX_MARKERS + 1
+    assert len(orjson.dumps(after["field_seqs"])) < 10_000  # was about 90 KB: one per null
+    # the newest nulls still block an older write of their key
+    late = accepted(tenant.account_id, contact_id,
+                    {"custom_fields": {"9-0".ljust(64, "x"): 1}}, seq=nulls[-1].seq - 1)
+    outcomes, _ = run(writer, [late])
+    assert [o.status for o in outcomes] == ["noop"]
 
 
 def test_event_payload(db: Database, writer: Database) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -94,3 +95,45 @@ def test_concurrent_relays_publish_each_event_once(
     assert errors == []
     published = wait_published(db, redis_client, settings, len(update_ids))
     assert sorted(published) == sorted(update_ids)  # every event, none twice
+
+
+class _CallSizes(Redis):
+    """A real Redis client that notes the payload bytes of each script call it sends."""
+
+    calls: list[int]
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:  # type: ignore[override]
+        self.calls.append(sum(len(str(a).encode()) for a in keys_and_args[numkeys + 1:]))
+        return super().evalsha(sha, numkeys, *keys_and_args)
+
+
+def test_a_pass_of_large_events_is_split_into_calls_bounded_by_bytes(
+    db: Database, settings: Settings, relay_dbs: list[Database]
+) -> None:
+    tenant = make_tenant(db, "acme")
+    contact_id = make_contact(db, tenant.account_id)
+    updates = [  # each event holds the old and new value and the contact: about 3 KB
+        accepted(tenant.account_id, contact_id, {"custom_fields": {"note": f"{n:03}" + "x" * 990}})
+        for n in range(30)
+    ]
+    with db.unit_of_work() as session:
+        apply_batch(session, updates, utcnow())
+    bound = 16 * 1024
+    small = settings.model_copy(update={"relay_call_max_bytes": bound})
+    client = _CallSizes.from_url(settings.redis_url)
+    client.calls = []
+    try:
+        published = 0
+        while n := relay_once(relay_dbs[0], client, small):
+            published += n
+    finally:
+        client.close()
+    assert max(client.calls, default=0) <= bound, client.calls
+    with Redis.from_url(settings.redis_url) as redis:
+        ids = wait_published(db, redis, settings, 30)
+    assert sorted(ids) == sorted(u.update_id for u in updates)
+    # Alone (a stack worker's relay, when the suite runs, may take some): every event in
+    # several calls, in outbox order.
+    if published == 30:
+        assert len(client.calls) >= 30 * 3000 // bound
+        assert ids == [u.update_id for u in updates]

@@ -13,7 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contactsync.merge import CUSTOM_PREFIX, SCALAR_FIELDS, Change, ContactState, merge
+from contactsync.merge import (
+    CUSTOM_FLOOR,
+    CUSTOM_PREFIX,
+    MAX_MARKERS,
+    SCALAR_FIELDS,
+    Change,
+    ContactState,
+    merge,
+)
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 # Simpler properties need fewer examples; keeps the whole file at a few seconds.
@@ -510,3 +518,129 @@ def test_merge_does_not_mutate_its_input() -> None:
         dict(state.field_seqs),
     )
     assert patch == {"name": "B", "custom_fields": {"a": None, "b": 2}, "tags": []}
+
+
+# --------------------------------------------------------------------------------------
+# Deletion markers stay bounded (issue 11, item 3).
+# --------------------------------------------------------------------------------------
+
+SMALL_CAP = 2
+MANY_KEYS = tuple(f"k{i}" for i in range(6))
+# Mostly nulls, over more keys than the cap: markers overflow and the floor rises often.
+null_heavy_patches = st.fixed_dictionaries(
+    {},
+    optional={
+        "position": nullable_text,
+        "tags": tag_lists,
+        "custom_fields": st.dictionaries(
+            st.sampled_from(MANY_KEYS), st.none() | st.sampled_from(["v", 1]), max_size=4
+        ),
+    },
+)
+
+
+@st.composite
+def null_heavy_updates(draw: st.DrawFn) -> list[Update]:
+    ps = draw(st.lists(null_heavy_patches, min_size=1, max_size=10))
+    seqs = draw(st.lists(st.integers(1, 60), min_size=len(ps), max_size=len(ps), unique=True))
+    return list(zip(seqs, ps, strict=True))
+
+
+def markers(state: ContactState) -> list[str]:
+    return [
+        name for name in state.field_seqs
+        if name.startswith(CUSTOM_PREFIX) and name[len(CUSTOM_PREFIX):] not in state.custom_fields
+    ]
+
+
+def floor_refuses(state: ContactState, seq: int, patch: Patch) -> bool:
+    """Tell whether the floor, not a marker, would refuse a custom key of this update."""
+    floor = state.field_seqs.get(CUSTOM_FLOOR)
+    return floor is not None and any(
+        key not in state.custom_fields and CUSTOM_PREFIX + key not in state.field_seqs
+        and seq <= floor
+        for key in patch.get("custom_fields", {})
+    )
+
+
+@FAST
+@given(data=st.data(), ups=null_heavy_updates())
+def test_with_markers_capped_any_order_is_exact_until_the_floor_refuses_a_late_write(
+    data: st.DataObject, ups: list[Update]
+) -> None:
+    delivered = data.draw(with_duplicates(ups))
+    expected = reference(ContactState(), ups)  # uncapped: the rule as if markers were free
+    state, seen, refused = ContactState(), set[int](), False
+    for seq, patch in delivered:
+        if seq not in seen:
+            refused |= floor_refuses(state, seq, patch)
+            seen.add(seq)
+        state = merge(state, patch, seq, max_markers=SMALL_CAP).state
+        assert len(markers(state)) <= SMALL_CAP
+    # Scalar fields and tags never depend on markers (CUSTOM_FLOOR prefixes every custom one).
+    assert dict(state.fields) == dict(expected.fields)
+    assert state.tags == expected.tags
+    assert {k: v for k, v in state.field_seqs.items() if not k.startswith(CUSTOM_FLOOR)} == {
+        k: v for k, v in expected.field_seqs.items() if not k.startswith(CUSTOM_FLOOR)
+    }
+    actual_cf = {k: (type(v), v) for k, v in state.custom_fields.items()}
+    expected_cf = {k: (type(v), v) for k, v in expected.custom_fields.items()}
+    if not refused:
+        assert actual_cf == expected_cf
+    else:  # a late write dropped at most: nothing restored, nothing sequence order lacks
+        assert actual_cf.items() <= expected_cf.items()
+
+
+@FAST
+@given(data=st.data(), ups=null_heavy_updates())
+def test_with_markers_capped_in_sequence_order_with_redeliveries_is_exact(
+    data: st.DataObject, ups: list[Update]
+) -> None:
+    # Redeliveries in any order, each first delivery in sequence order: the floor only ever
+    # passes sequences already applied, so it refuses nothing that matters.
+    ordered = sorted(ups, key=lambda u: u[0])
+    extra = data.draw(st.lists(st.sampled_from(ordered), max_size=2 * len(ordered)))
+    delivered = list(ordered)
+    for update in extra:
+        position = data.draw(st.integers(delivered.index(update) + 1, len(delivered)))
+        delivered.insert(position, update)
+    capped = ContactState()
+    for seq, patch in delivered:
+        capped = merge(capped, patch, seq, max_markers=SMALL_CAP).state
+    once = ContactState()
+    for seq, patch in ordered:
+        once = merge(once, patch, seq, max_markers=SMALL_CAP).state
+    assert_same_state(capped, once)
+    expected = reference(ContactState(), ups)
+    assert typed(capped)[:3] == typed(expected)[:3]
+
+
+def test_a_thousand_nulls_for_absent_keys_leave_the_sequences_bounded() -> None:
+    state = merge(ContactState(), {"name": "Ada", "custom_fields": {"plan": "pro"}}, 1).state
+    for seq in range(2, 12):  # ten updates, a hundred nulls each
+        nulls = {f"gone-{seq}-{i}-{'x' * 50}": None for i in range(100)}
+        result = merge(state, {"custom_fields": nulls}, seq)
+        assert result.changes == {}
+        state = result.state
+    assert dict(state.custom_fields) == {"plan": "pro"}
+    assert len(markers(state)) <= MAX_MARKERS
+    assert len(state.field_seqs) <= MAX_MARKERS + 3  # name, plan, the floor
+    assert state.field_seqs[CUSTOM_FLOOR] == 10
+
+
+def test_past_the_cap_a_late_write_to_a_folded_key_is_refused_never_restored() -> None:
+    state = merge(ContactState(), {"custom_fields": {"plan": "free"}}, 1).state
+    state = merge(state, {"custom_fields": {"plan": None}}, 3).state
+    state = merge(state, {"custom_fields": {"a": None, "b": None}}, 4, max_markers=2).state
+    assert CUSTOM_PREFIX + "plan" not in state.field_seqs
+    assert state.field_seqs[CUSTOM_FLOOR] == 3
+    late = merge(state, {"custom_fields": {"plan": "pro"}}, 2, max_markers=2)
+    assert late.changes == {}
+    newer = merge(state, {"custom_fields": {"plan": "pro", "c": 1}}, 5, max_markers=2)
+    assert newer.changes == {
+        "custom_fields.plan": Change(None, "pro"), "custom_fields.c": Change(None, 1)
+    }
+    # present keys keep their own sequence: the floor never refuses a write to them
+    assert merge(newer.state, {"custom_fields": {"plan": "x"}}, 6).state.custom_fields == {
+        "plan": "x", "c": 1
+    }

@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from contactsync.errors import ValidationFailed
-from contactsync.schemas import ContactCreate, ContactFields, ContactUpdate, parse_body
+from contactsync.schemas import (
+    MAX_CUSTOM_FIELDS_BYTES,
+    ContactCreate,
+    ContactFields,
+    ContactUpdate,
+    custom_fields_bytes,
+    parse_body,
+)
 
 CLEARABLE = ("email", "phone", "company", "position", "linkedin_url")
 SOURCES = ("linkedin", "csv", "crm", "api", "manual", "other")
@@ -393,3 +400,130 @@ INVALID_CREATES = cases(
 @pytest.mark.parametrize(("body", "field"), INVALID_CREATES)
 def test_create_rejects(body: Any, field: str) -> None:
     assert_rejects(ContactCreate, body, field)
+
+
+# --------------------------------------------------------------------------------------
+# Custom field sizes (issue 11, item 2): a value at most 1,000 characters, the object at
+# most 16 KiB as compact JSON.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", [ContactUpdate, ContactCreate])
+def test_a_custom_value_of_1000_characters_is_accepted_1001_refused(
+    model: type[ContactFields]
+) -> None:
+    base = {"name": "Ada"} if model is ContactCreate else {}
+    parse_body(model, {**base, "custom_fields": {"note": "é" * 1000}})
+    message = assert_rejects(model, {**base, "custom_fields": {"note": "n" * 1001}},
+                             "custom_fields")
+    assert "'note'" in message and "1000 characters" in message
+
+
+@pytest.mark.parametrize("model", [ContactUpdate, ContactCreate])
+def test_custom_fields_over_16_kib_of_json_are_refused(model: type[ContactFields]) -> None:
+    base = {"name": "Ada"} if model is ContactCreate else {}
+    # 17 values of 1,000 characters, each valid alone: 17,154 bytes as compact JSON.
+    big = {f"k{i:02}": "v" * 1000 for i in range(17)}
+    assert custom_fields_bytes(big) > MAX_CUSTOM_FIELDS_BYTES
+    message = assert_rejects(model, {**base, "custom_fields": big}, "custom_fields")
+    assert "16384 bytes" in message
+    # Non-ASCII counts in UTF-8 bytes: 9 values of 1,000 "é" are 18 KB, 9,000 characters.
+    accented = {f"k{i}": "é" * 1000 for i in range(9)}
+    assert_rejects(model, {**base, "custom_fields": accented}, "custom_fields")
+    parse_body(model, {**base, "custom_fields": dict(list(big.items())[:16])})
+
+
+# --------------------------------------------------------------------------------------
+# Messages (issue 11, item 7): plain words about the client's input, never pydantic's.
+# --------------------------------------------------------------------------------------
+
+INTERNALS = ("function-after", "constrained", "[", "]", "pydantic", "Value error",
+             "Input should", "nullable", "union", "dict[", "list[", "str,", "Field required")
+MORE_BAD_BODIES = cases(
+    [
+        ("tags-item-object", {"tags": [{"a": 1}]}, "tags", "item 0 must be a string"),
+        ("tags-item-too-long", {"tags": ["ok", "t" * 65]}, "tags", "item 1"),
+        ("custom-key-empty", {"custom_fields": {"": 1}}, "custom_fields", "key ''"),
+        ("custom-key-65", {"custom_fields": {"k" * 65: 1}}, "custom_fields", "64 characters"),
+        ("custom-101", {"custom_fields": {f"k{i}": 1 for i in range(101)}}, "custom_fields",
+         "at most 100 keys"),
+        ("custom-key-named-str", {"custom_fields": {"str": [1]}}, "custom_fields",
+         "the value of 'str' must be"),
+        ("custom-value-nested", {"custom_fields": {"plan": {"x": 1}}}, "custom_fields",
+         "the value of 'plan' must be a string, number, boolean or null"),
+        ("custom-number-too-big", {"custom_fields": {"n": 2**60}}, "custom_fields",
+         "the value of 'n' must be within"),
+        ("custom-float-too-big", {"custom_fields": {"n": -1e300}}, "custom_fields", "within"),
+        ("custom-array", {"custom_fields": [1]}, "custom_fields", "must be an object"),
+        ("tags-object", {"tags": {"a": 1}}, "tags", "must be an array"),
+        ("name-number", {"name": 1}, "name", "must be a string"),
+        ("name-empty", {"name": " "}, "name", "may not be empty"),
+        ("company-long", {"company": "c" * 201}, "company", "at most 200 characters"),
+        ("email-number", {"email": 5}, "email", "must be a string"),
+        ("unknown", {"nick": "x"}, "nick", "Unknown field."),
+    ]
+)
+
+
+@pytest.mark.parametrize(("body", "field", "says"), MORE_BAD_BODIES)
+def test_a_bad_body_is_explained_in_plain_words(body: Any, field: str, says: str) -> None:
+    message = assert_rejects(ContactUpdate, body, field)
+    assert says in message
+
+
+def test_no_message_shows_the_validation_library() -> None:
+    bodies = [(ContactUpdate, p.values[0]) for p in (*INVALID_UPDATES, *MORE_BAD_BODIES)]
+    bodies += [(ContactCreate, p.values[0]) for p in INVALID_CREATES]
+    for model, body in bodies:
+        for field, message in rejected(model, body).items():
+            assert not any(marker in message for marker in INTERNALS), (body, field, message)
+            assert len(message) < 200, message
+
+
+def test_source_names_its_values() -> None:
+    message = assert_rejects(ContactCreate, {"name": "Ada", "source": "fax"}, "source")
+    assert all(s in message for s in SOURCES)
+
+
+def test_a_missing_name_says_it_is_required() -> None:
+    assert assert_rejects(ContactCreate, {}, "name") == "Required."
+
+
+# --------------------------------------------------------------------------------------
+# Unicode normalisation (issue 11, item 8): every string NFC after trimming.
+# --------------------------------------------------------------------------------------
+
+COMPOSED = "caf\u00e9"
+DECOMPOSED = "cafe\u0301"
+
+
+def test_tags_that_differ_only_in_unicode_form_are_one_tag() -> None:
+    patch = parse_body(ContactUpdate, {"tags": [COMPOSED, f" {DECOMPOSED} ", "x"]}).patch()
+    assert patch["tags"] == [COMPOSED, "x"]
+
+
+def test_every_string_field_is_stored_composed() -> None:
+    body = {
+        "name": f" Ren{DECOMPOSED} ", "company": DECOMPOSED, "position": DECOMPOSED,
+        "email": f"{DECOMPOSED}@example.com", "phone": "+1 555 0100",
+        "linkedin_url": f"https://www.linkedin.com/in/{DECOMPOSED}",
+        "custom_fields": {DECOMPOSED: DECOMPOSED, "n": 1},
+    }
+    fields = parse_body(ContactCreate, body).model_dump()
+    assert fields["name"] == f"Ren{COMPOSED}"
+    assert fields["company"] == fields["position"] == COMPOSED
+    assert fields["email"] == f"{COMPOSED}@example.com"
+    assert fields["linkedin_url"] == f"https://www.linkedin.com/in/{COMPOSED}"
+    assert fields["custom_fields"] == {COMPOSED: COMPOSED, "n": 1}
+
+
+def test_a_length_counts_composed_characters() -> None:
+    # 64 decomposed "é" are 128 code points, 64 characters once composed.
+    patch = parse_body(ContactUpdate, {"tags": ["e\u0301" * 64]}).patch()
+    assert patch["tags"] == ["\u00e9" * 64]
+
+
+def test_custom_keys_that_differ_only_in_unicode_form_are_refused() -> None:
+    body = {"custom_fields": {COMPOSED: 1, DECOMPOSED: 2}}
+    message = assert_rejects(ContactUpdate, body, "custom_fields")
+    assert "twice" in message
