@@ -62,19 +62,22 @@ class KeyCache:
 def presented_key(request: Request) -> str | None:
     """Return the key the request carries, if any.
 
-    A request carrying both headers must name one key in both: two credentials that disagree
-    are refused rather than one silently preferred.
+    Every credential the request carries (each `X-API-Key` header, each `Authorization`
+    header) must name one key: credentials that disagree are refused rather than one silently
+    preferred, since a read-only and a read-write key would otherwise answer by their order.
     """
-    key = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization")
-    bearer = None
-    if auth is not None:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer":
-            bearer = token.strip()
-        if key and bearer != key:
-            raise InvalidApiKey("X-API-Key and Authorization do not carry the same key.")
-    return key or bearer or None
+    keys = [key for key in request.headers.getlist("x-api-key") if key]
+    bearers = [_bearer(auth) for auth in request.headers.getlist("authorization")]
+    if keys or any(bearers):
+        keys += [bearer or "" for bearer in bearers]  # beside a key, Basic & co. cannot match
+    if any(key != keys[0] for key in keys):
+        raise InvalidApiKey("The request carries more than one API key, and they differ.")
+    return keys[0] if keys else None
+
+
+def _bearer(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 async def authenticate(request: Request) -> Principal:
