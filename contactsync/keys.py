@@ -77,10 +77,20 @@ def create_key(
 
 def authenticate(session: Session, secret: str) -> Principal | None:
     """Return the principal of a live key, or None for an unknown or revoked one."""
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_api_key(secret)))
-    if row is None or row.revoked_at is not None:
-        return None
-    return Principal(row.account_id, row.id, frozenset(row.permissions), row.rate_limit_per_second)
+    digest = hash_api_key(secret)
+    return find_keys(session, [digest]).get(digest)
+
+
+def find_keys(session: Session, digests: list[str]) -> dict[str, Principal]:
+    """Return the principal of each live key among these key hashes, by hash: one query."""
+    rows = session.scalars(select(ApiKey).where(ApiKey.key_hash.in_(digests)))
+    return {
+        row.key_hash: Principal(
+            row.account_id, row.id, frozenset(row.permissions), row.rate_limit_per_second
+        )
+        for row in rows
+        if row.revoked_at is None
+    }
 
 
 def list_keys(session: Session) -> list[tuple[ApiKey, Account]]:
