@@ -110,8 +110,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str, bool]:
         if not isinstance(last_id, str) or not CONTACT_ID_PATTERN.fullmatch(last_id):
             raise ValueError("not a contact id")
         instant = datetime.fromisoformat(created_at)
-        if instant.tzinfo is None:
-            raise ValueError("not a UTC time")
+        # fromisoformat is lenient (it took a NUL before the offset): only the form written
+        # by encode_cursor, with its offset, is one.
+        if instant.tzinfo is None or instant.isoformat() != created_at:
+            raise ValueError("not a time as the service writes it")
         return instant.astimezone(UTC), last_id, descending
     except (binascii.Error, ValueError, KeyError, TypeError, OverflowError) as exc:
         raise BadCursor("not a cursor this service returned") from exc
