@@ -11,9 +11,9 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from api_gateway import errors, openapi
-from api_gateway.auth import KeyCache
 from api_gateway.backlog import BacklogGauge
 from api_gateway.edge import Edge, GatewayApp
+from api_gateway.key_cache import KeyCache
 from api_gateway.publisher import Publisher
 from api_gateway.ratelimit import RateLimiter
 from api_gateway.responses import JSONResponse

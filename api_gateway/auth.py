@@ -2,79 +2,37 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from api_gateway.ratelimit import STATE_KEY, refuse
-from contactsync.db import Database
 from contactsync.errors import InsufficientPermissions, InvalidApiKey, MissingApiKey
-from contactsync.ids import hash_api_key
 from contactsync.keys import Principal
-from contactsync.keys import authenticate as authenticate_key
 
 _MAX_KEY_LENGTH = 256
-
-
-class KeyCache:
-    """Key lookups by hash, trusted for a few seconds so the hot path skips the database.
-
-    A revoked key is refused by every gateway process within `ttl` seconds.
-    """
-
-    def __init__(self, db: Database, ttl: float) -> None:
-        self._db = db
-        self._ttl = ttl
-        self._entries: dict[str, tuple[float, Principal | None]] = {}
-        self._loading: dict[str, asyncio.Future[Principal | None]] = {}
-
-    async def lookup(self, secret: str) -> Principal | None:
-        digest = hash_api_key(secret)
-        now = time.monotonic()
-        cached = self._entries.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        # When an entry runs out under load, every request of that key misses at once: one
-        # of them asks the database, the others wait for its answer.
-        loading = self._loading.get(digest)
-        if loading is not None:
-            return await asyncio.shield(loading)
-        loading = asyncio.ensure_future(run_in_threadpool(self._load, secret))
-        self._loading[digest] = loading
-        try:
-            principal = await asyncio.shield(loading)
-        finally:
-            del self._loading[digest]
-        if len(self._entries) > 10_000:
-            self._entries.clear()
-        self._entries[digest] = (now + self._ttl, principal)
-        return principal
-
-    def _load(self, secret: str) -> Principal | None:
-        with self._db.reading() as session:
-            return authenticate_key(session, secret)
 
 
 def presented_key(request: Request) -> str | None:
     """Return the key the request carries, if any.
 
-    A request carrying both headers must name one key in both: two credentials that disagree
-    are refused rather than one silently preferred.
+    Every credential the request carries (each `X-API-Key` header, each `Authorization`
+    header) must name one key: credentials that disagree are refused rather than one silently
+    preferred, since a read-only and a read-write key would otherwise answer by their order.
     """
-    key = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization")
-    bearer = None
-    if auth is not None:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer":
-            bearer = token.strip()
-        if key and bearer != key:
-            raise InvalidApiKey("X-API-Key and Authorization do not carry the same key.")
-    return key or bearer or None
+    keys = [key for key in request.headers.getlist("x-api-key") if key]
+    bearers = [_bearer(auth) for auth in request.headers.getlist("authorization")]
+    if keys or any(bearers):
+        keys += [bearer or "" for bearer in bearers]  # beside a key, Basic & co. cannot match
+    if any(key != keys[0] for key in keys):
+        raise InvalidApiKey("The request carries more than one API key, and they differ.")
+    return keys[0] if keys else None
+
+
+def _bearer(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 async def authenticate(request: Request) -> Principal:

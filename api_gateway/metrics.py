@@ -28,6 +28,13 @@ WAIT_OUTCOMES = Counter(
     "contactsync_gateway_wait_outcomes_total",
     "Default-mode PUTs by how their wait ended", ["outcome"],
 )
+KEY_LOOKUPS = Counter(
+    "contactsync_gateway_key_lookups_total",
+    "API keys looked up in the database, by whether a live key was found", ["result"],
+)
+KEY_LOOKUP_QUERIES = Counter(
+    "contactsync_gateway_key_lookup_queries_total", "Database queries that looked keys up"
+)
 
 
 def route_of(scope: Scope) -> str:

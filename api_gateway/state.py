@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
-from api_gateway.auth import KeyCache
+from api_gateway.key_cache import KeyCache
 from api_gateway.publisher import Publisher
 from api_gateway.waiter import ResultWaiter
 from contactsync.db import Database

@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="batch items per second (default 1000/s, bursts of ten times it)")
     create.set_defaults(handler=admin.keys_create)
     keys.add_parser("list", help="list keys").set_defaults(handler=admin.keys_list)
-    revoke = keys.add_parser("revoke", help="revoke keys by their shown prefix")
+    revoke = keys.add_parser(
+        "revoke", help="revoke one key by its shown prefix (csk_live_ and 8 characters)"
+    )
     revoke.add_argument("prefix")
     revoke.set_defaults(handler=admin.keys_revoke)
 

@@ -13,7 +13,7 @@ from redis import Redis
 
 from contactsync import dead_letters
 from contactsync.db import Database
-from contactsync.keys import create_key, list_keys, revoke
+from contactsync.keys import KeyNameError, create_key, list_keys, revoke
 from contactsync.migrate import upgrade
 from contactsync.settings import get_settings
 from contactsync.timeutil import isoformat
@@ -68,15 +68,16 @@ def keys_revoke(args: argparse.Namespace) -> int:
     try:
         with db.unit_of_work() as session:
             revoked = revoke(session, args.prefix)
-            names = [k.prefix for k in revoked]
+            name = revoked.prefix if revoked else None
+    except KeyNameError as exc:
+        print(f"contactsync: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         db.dispose()
-    if not names:
-        print(f"contactsync: error: no active key starts with {args.prefix[:20]!r}",
-              file=sys.stderr)
+    if name is None:
+        print(f"contactsync: error: no active key is named {args.prefix[:20]!r}", file=sys.stderr)
         return 1
-    for name in names:
-        print(f"revoked {name}…")
+    print(f"revoked {name}…")
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from contactsync.models import Contact
+from contactsync.schemas import CONTACT_ID_PATTERN
 from contactsync.timeutil import as_utc
 
 SortKey = Literal["created_at", "updated_at", "name", "email", "company"]
@@ -95,12 +96,26 @@ def encode_cursor(contact: Contact, descending: bool) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str, bool]:
-    """Return (created_at, id, descending) from a cursor, or raise `BadCursor`."""
+    """Return (created_at, id, descending) from a cursor, or raise `BadCursor`.
+
+    A cursor is client input like any other: each piece is checked for what `encode_cursor`
+    puts there before it reaches the database (a NUL in the id was a 500 on PostgreSQL).
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data: dict[str, Any] = orjson.loads(raw)
-        return datetime.fromisoformat(data["c"]), str(data["i"]), bool(data["d"])
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        created_at, last_id, descending = data["c"], data["i"], data["d"]
+        if set(data) != {"c", "i", "d"} or not isinstance(descending, bool):
+            raise ValueError("not a cursor")
+        if not isinstance(last_id, str) or not CONTACT_ID_PATTERN.fullmatch(last_id):
+            raise ValueError("not a contact id")
+        instant = datetime.fromisoformat(created_at)
+        # fromisoformat is lenient (it took a NUL before the offset): only the form written
+        # by encode_cursor, with its offset, is one.
+        if instant.tzinfo is None or instant.isoformat() != created_at:
+            raise ValueError("not a time as the service writes it")
+        return instant.astimezone(UTC), last_id, descending
+    except (binascii.Error, ValueError, KeyError, TypeError, OverflowError) as exc:
         raise BadCursor("not a cursor this service returned") from exc
 
 

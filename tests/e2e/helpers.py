@@ -48,7 +48,7 @@ def new_tenant(stack: Stack, name: str, permissions: list[str] | None = None) ->
 def revoke_key(stack: Stack, key: str) -> int:
     """Revoke a key as `contactsync keys revoke` does; return how many keys it named."""
     with stack.db.unit_of_work() as session:
-        return len(revoke(session, key))
+        return int(revoke(session, key) is not None)
 
 
 def contact_path(contact_id: str) -> str:
