@@ -18,7 +18,7 @@ from tests.support import ROOT, service_env
 def _revoke(stack: Stack, name: str) -> subprocess.CompletedProcess[str]:
     env = service_env(stack.settings.database_url, stack.settings.redis_url)
     return subprocess.run(
-        [sys.executable, "-m", "contactsync", "keys", "revoke", name],
+        [sys.executable, "-m", "cli", "keys", "revoke", name],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
 
