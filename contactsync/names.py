@@ -18,6 +18,11 @@ UPDATE_BODY_PREFIX = "contactsync:update:"
 PENDING_KEY = "contactsync:pending"
 # Lock key: one worker's relay at a time looks for pending updates that lost their message.
 REQUEUE_LOCK_KEY = "contactsync:requeue-lock"
+# Sorted set of the workers' consumers: member a consumer id, score the Redis time (seconds) of
+# its last heartbeat. A consumer silent for too long is dead (worker/liveness.py).
+WORKERS_KEY = "contactsync:workers"
+# Prefix of a consumer's claims: the set of delivery tags it took and has not acknowledged.
+CLAIMS_PREFIX = "contactsync:claims:"
 # Prefix of idempotency records: contactsync:idem:{account_id}:{sha256 of the key}.
 IDEMPOTENCY_PREFIX = "contactsync:idem:"
 # Prefix of the pub/sub channel on which workers answer a gateway process waiting for results.
@@ -45,3 +50,8 @@ def results_channel(instance_id: str) -> str:
 def rate_limit_key(key_id: str) -> str:
     """Return the Redis key of one API key's token bucket."""
     return RATE_LIMIT_PREFIX + key_id
+
+
+def claims_key(consumer_id: str) -> str:
+    """Return the Redis key of the delivery tags one consumer holds."""
+    return CLAIMS_PREFIX + consumer_id

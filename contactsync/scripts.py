@@ -14,3 +14,7 @@ _TOKEN_BUCKET = _read("token_bucket.lua")
 ACCEPT = _TOKEN_BUCKET + _read("accept.lua")
 RATE_LIMIT = _TOKEN_BUCKET + _read("rate_limit.lua")
 PUBLISH_EVENTS = _read("publish_events.lua")
+# A worker's heartbeat, and giving back what a dead one held (worker/liveness.py).
+HEARTBEAT = _read("heartbeat.lua")
+RESTORE_CLAIM = _read("restore_claim.lua")
+FORGET_CONSUMER = _read("forget_consumer.lua")

@@ -34,6 +34,9 @@ def transport_options(settings: Settings) -> dict[str, object]:
         # leave it behind and stop every restore for five minutes. A sweep takes milliseconds,
         # and two at once are harmless (each restore is a transaction on the message).
         "unacked_mutex_expire": sweep_interval(settings),
+        # A dead worker's messages come back long before that (worker/liveness.py).
+        "worker_heartbeat": settings.worker_heartbeat_seconds,
+        "worker_dead_after": settings.worker_dead_after_seconds,
     }
 
 
