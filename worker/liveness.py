@@ -26,6 +26,7 @@ from kombu.utils.json import dumps, loads
 from redis import Redis
 
 from contactsync import names, scripts
+from contactsync.enqueue import requeue_orphans
 
 log = logging.getLogger("contactsync.worker")
 
@@ -85,11 +86,26 @@ class Heartbeat:
                       self._channel.unacked_index_key, claims, *lists],
                 args=[consumer, self.dead_after, tag, entry or b"", message],
             ))
-        self._forget(keys=[names.WORKERS_KEY, claims], args=[consumer, self.dead_after])
         if restored:
             log.warning("worker consumer %s stopped its heartbeat over %.0f s ago; queued the "
                         "%d message(s) it held again", consumer, self.dead_after, restored)
+        if self._forget(keys=[names.WORKERS_KEY, claims], args=[consumer, self.dead_after]):
+            self._requeue_vanished(consumer)  # once per death: only one sweeper forgets it
         return restored
+
+    def _requeue_vanished(self, consumer: str) -> None:
+        """Queue again the updates of a message the dead consumer took off its queue but had
+        not yet recorded in `unacked` (killed between kombu's BRPOP and its bookkeeping, or
+        with the popped message still unread in its socket): no claim names it. Each such
+        update is pending, named by no message, and was accepted before the death, over
+        `dead_after - interval` seconds ago."""
+        update_ids = requeue_orphans(
+            self._client, older_than_seconds=self.dead_after - self.interval,
+            origin=f"heartbeat@{self.consumer_id}",
+        )
+        if update_ids:
+            log.warning("queued %d updates again, their task message was lost with worker "
+                        "consumer %s: %s", len(update_ids), consumer, ", ".join(update_ids[:20]))
 
     def _destination(self, entry: bytes) -> tuple[list[str], str]:
         """Return the lists an `unacked` entry goes back to, and the message to put there,

@@ -188,6 +188,20 @@ class Stack:
         process.popen.wait(10)
         process.stop()
 
+    def freeze_pool(self, name: str) -> None:
+        """SIGSTOP the worker's pool processes: its main process goes on taking messages and
+        holds them, as it does while its tasks wait on a slow database."""
+        main = self.workers[name].popen.pid
+        argv = Path(f"/proc/{main}/cmdline").read_bytes()
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                same = (proc / "cmdline").read_bytes() == argv  # forked: not the relay
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == main and same:
+                os.kill(int(proc.name), signal.SIGSTOP)
+
     def terminate_worker(self, name: str, timeout: float = 60) -> float:
         """SIGTERM the worker's main process (warm shutdown); return how long it took to exit."""
         process = self.workers.pop(name)

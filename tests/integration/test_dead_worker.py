@@ -140,3 +140,28 @@ def test_a_live_worker_whose_task_takes_long_keeps_its_message(
     assert task_lines(a, message, "succeeded") == 1
     assert task_lines(b, message, "received") == 0
     redis.close()
+
+
+def test_a_message_that_vanished_with_a_killed_worker_is_queued_again_within_seconds(
+    db: Database, settings: Settings, own_redis: str, workers: dict[str, Process],
+    tmp_path: Path,
+) -> None:
+    # A worker killed between kombu's BRPOP and its bookkeeping (or with the popped message
+    # still unread in its socket) leaves no claim and no `unacked` entry: only its heartbeat,
+    # going stale, and the update, pending with its body, named by no message.
+    redis = Redis.from_url(own_redis)
+    tenant = make_tenant(db, "acme")
+    contact_id = make_contact(db, tenant.account_id)
+    update = accepted(tenant.account_id, contact_id, {"position": "CTO"})
+    seconds, micros = redis.time()
+    redis.set(names.update_body_key(update.update_id), update.to_json())
+    redis.zadd(names.PENDING_KEY, {update.update_id: (seconds - 3) * 1_000_000 + micros})
+    redis.zadd(names.WORKERS_KEY, {"gone:1:0": seconds - 3})  # died three seconds ago
+    b = start(workers, "b", settings, own_redis, tmp_path)
+    found = wait_until(lambda: records(db, [update.update_id]).get(update.update_id),
+                       timeout=PROMISE_SECONDS + 30)
+    assert found.status == "applied"
+    seconds_now = redis.time()[0]
+    assert seconds_now - (seconds - 3) <= PROMISE_SECONDS
+    assert "their task message was lost with worker consumer gone:1:0" in b.log()
+    redis.close()
