@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from typing import Any
 
 import orjson
 from redis import Redis
 from sqlalchemy import func, select
 
+from contactsync import names
 from contactsync.db import Database
 from contactsync.models import UpdateRecord
 from contactsync.settings import Settings
@@ -19,13 +21,29 @@ from tests.faults.oracle import FINISHED
 RECOVERY_SECONDS = 15.0
 
 
-def held_updates(redis: Redis) -> list[str]:
-    """Return the update ids the messages in kombu's `unacked` hash name (read once a dead
-    worker was the only one: all of them were its)."""
-    ids: list[str] = []
-    for raw in redis.hvals("unacked"):
-        message = orjson.loads(raw)[0]  # kombu stores [message, exchange, routing key]
-        ids += orjson.loads(base64.b64decode(message["body"]))[0][0]
+def held_updates(redis: Redis) -> tuple[list[str], int]:
+    """Return the updates a dead worker held, and how many of them no `unacked` entry names.
+
+    Read once it was the only worker: every pending update that no queued message names was
+    its own, whether its message sits in `unacked` or vanished with it (taken off the queue,
+    not yet recorded). One snapshot, as the load goes on.
+    """
+    queues = [names.UPDATES_QUEUE, names.BULK_QUEUE]
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.zrange(names.PENDING_KEY, 0, -1)
+        for queue in queues:
+            pipe.lrange(queue, 0, -1)
+        pipe.hvals("unacked")
+        pending, *lists, unacked = pipe.execute()
+    queued = {i for messages in lists for raw in messages for i in _named(orjson.loads(raw))}
+    # kombu stores an `unacked` entry as [message, exchange, routing key].
+    in_unacked = {i for raw in unacked for i in _named(orjson.loads(raw)[0])}
+    held = [i.decode() for i in pending if i.decode() not in queued]
+    return held, len(set(held) - in_unacked)
+
+
+def _named(message: dict[str, Any]) -> list[str]:
+    ids: list[str] = orjson.loads(base64.b64decode(message["body"]))[0][0]
     return ids
 
 

@@ -149,14 +149,15 @@ def worker_sigkill(run: Run) -> None:
         run.stack.freeze_pool("w1")
         wait_until(lambda: redis.hlen("unacked") > 0 or None, timeout=30, interval=0.01)
         run.stack.kill_worker("w1")
-        held = held_updates(redis)
+        held, vanished = held_updates(redis)
     finally:
         redis.close()
     clock = RecoveryClock(run.stack.database_url, held, timeout=RECOVERY_SECONDS * 4)
     time.sleep(0.5)
     run.stack.start_worker("w1")
-    run.notes.append(f"worker SIGKILLed holding {len(held)} updates, restarted at once")
-    run.counters["held"] = len(held)
+    run.notes.append(f"worker SIGKILLed holding {len(held)} updates ({vanished} of them in no "
+                     "`unacked` entry), restarted at once")
+    run.counters.update(held=len(held), vanished=vanished)
 
     def recovered() -> None:
         run.recovery_seconds = clock.result()
