@@ -31,8 +31,9 @@ class QoS(redis.QoS):
     and closes the channel, which restores the messages it holds; tasks still running finish
     later and acknowledge on that same channel. Each of these needs a Redis client the channel
     can no longer make: stock kombu raised AttributeError and the worker stopped for good. The
-    messages are safe in `unacked`, where the visibility timeout brings them back (a second
-    delivery is harmless): leave them there, and keep the worker running.
+    messages are safe in `unacked`, claimed by this channel's consumer, whose heartbeat stops
+    as the channel closes: the other workers bring them back within seconds (a second delivery
+    is harmless). Leave them there, and keep the worker running.
     """
 
     def append(self, message: Any, delivery_tag: str) -> None:
