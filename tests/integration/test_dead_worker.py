@@ -100,6 +100,7 @@ def test_a_killed_workers_update_is_applied_by_another_within_seconds(
     print(f"\nthe killed worker's update was applied {took:.1f} s after the kill")
     assert found.status == "applied"
     assert took <= PROMISE_SECONDS
+    wait_until(lambda: task_lines(b, message, "succeeded") or None, timeout=10)  # logged last
     assert task_lines(b, message, "succeeded") == 1
     assert "queued the 1 message(s) it held again" in b.log()
 
@@ -137,6 +138,7 @@ def test_a_live_worker_whose_task_takes_long_keeps_its_message(
     os.kill(child, signal.SIGCONT)
     found = wait_until(lambda: records(db, [update.update_id]).get(update.update_id), timeout=30)
     assert found.status == "applied"
+    wait_until(lambda: task_lines(a, message, "succeeded") or None, timeout=10)
     assert task_lines(a, message, "succeeded") == 1
     assert task_lines(b, message, "received") == 0
     redis.close()
