@@ -35,9 +35,10 @@ PG_ADMIN_URL = os.environ.get(
 FAULTS_DB_PREFIX = "contactsync_faults"
 QUEUES = "contacts.updates,contacts.bulk"
 
-# What every process of a scenario runs with. A short visibility timeout brings the messages
-# of a killed worker back within seconds (the production default is 300 s); the backoff cap
-# stays below it, so a retry waiting for its countdown is not restored as well.
+# What every process of a scenario runs with. A short visibility timeout brings unclaimed
+# unacknowledged messages back within seconds (the production default is 300 s; the worker
+# SIGKILL scenario runs with it, as heartbeats must bring a dead worker's messages back); the
+# backoff cap stays below it, so a retry waiting for its countdown is not restored as well.
 FAULT_ENV = {
     "CONTACTSYNC_VISIBILITY_TIMEOUT_SECONDS": "10",
     "CONTACTSYNC_RETRY_BACKOFF_MAX_SECONDS": "2",
