@@ -19,7 +19,7 @@ import orjson
 import pytest
 from redis import Redis
 
-from contactsync import names
+from contactsync import names, scripts
 from contactsync.db import Database
 from contactsync.settings import Settings
 from tests.conftest import REDIS_DB, make_contact, make_tenant
@@ -166,4 +166,35 @@ def test_a_message_that_vanished_with_a_killed_worker_is_queued_again_within_sec
     seconds_now = redis.time()[0]
     assert seconds_now - (seconds - 3) <= PROMISE_SECONDS
     assert "their task message was lost with worker consumer gone:1:0" in b.log()
+    redis.close()
+
+
+def test_two_sweepers_queue_a_dead_consumers_message_once(own_redis: str) -> None:
+    # Two live workers find the same consumer dead at once: the script runs whole, so the
+    # second finds the entry gone. A consumer that has spoken again keeps what it holds.
+    redis = Redis.from_url(own_redis)
+    restore = redis.register_script(scripts.RESTORE_CLAIM)
+    now = redis.time()[0]
+    for consumer, beat in (("dead", now - 60), ("back", now)):
+        redis.zadd(names.WORKERS_KEY, {consumer: beat})
+        redis.sadd(names.claims_key(consumer), f"tag-{consumer}")
+        redis.hset("unacked", f"tag-{consumer}", f"entry-{consumer}")
+        redis.zadd("unacked_index", {f"tag-{consumer}": now - 60})
+
+    def sweep(consumer: str) -> int:
+        return int(restore(
+            keys=[names.WORKERS_KEY, "unacked", "unacked_index", names.claims_key(consumer),
+                  names.UPDATES_QUEUE],
+            args=[consumer, 8, f"tag-{consumer}", f"entry-{consumer}", f"message-{consumer}"],
+        ))
+
+    assert [sweep("dead"), sweep("dead")] == [1, 0]
+    assert redis.lrange(names.UPDATES_QUEUE, 0, -1) == [b"message-dead"]
+    assert not redis.hexists("unacked", "tag-dead")
+    assert redis.zscore("unacked_index", "tag-dead") is None
+    assert not redis.exists(names.claims_key("dead"))
+    assert sweep("back") == 0
+    assert redis.hget("unacked", "tag-back") == b"entry-back"
+    assert redis.sismember(names.claims_key("back"), "tag-back")
+    assert redis.llen(names.UPDATES_QUEUE) == 1
     redis.close()
