@@ -24,6 +24,11 @@ ACCOUNT_PENDING_PREFIX = "contactsync:pending:account:"
 BACKLOG_ACCOUNTS_KEY = "contactsync:pending:accounts"
 # Lock key: one worker's relay at a time looks for pending updates that lost their message.
 REQUEUE_LOCK_KEY = "contactsync:requeue-lock"
+# Sorted set of the workers' consumers: member a consumer id, score the Redis time (seconds) of
+# its last heartbeat. A consumer silent for too long is dead (worker/liveness.py).
+WORKERS_KEY = "contactsync:workers"
+# Prefix of a consumer's claims: the set of delivery tags it took and has not acknowledged.
+CLAIMS_PREFIX = "contactsync:claims:"
 # Prefix of idempotency records: contactsync:idem:{account_id}:{sha256 of the key}.
 IDEMPOTENCY_PREFIX = "contactsync:idem:"
 # Prefix of the pub/sub channel on which workers answer a gateway process waiting for results.
@@ -63,3 +68,8 @@ def update_rate_limit_key(key_id: str) -> str:
 def account_pending_key(account_id: str) -> str:
     """Return the Redis key of the updates one account has waiting (a sorted set)."""
     return ACCOUNT_PENDING_PREFIX + account_id
+
+
+def claims_key(consumer_id: str) -> str:
+    """Return the Redis key of the delivery tags one consumer holds."""
+    return CLAIMS_PREFIX + consumer_id

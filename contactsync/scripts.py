@@ -15,3 +15,7 @@ ACCEPT = _TOKEN_BUCKET + _read("accept.lua")
 RATE_LIMIT = _TOKEN_BUCKET + _read("rate_limit.lua")
 TAKE_TOKENS = _TOKEN_BUCKET + _read("take_tokens.lua")
 PUBLISH_EVENTS = _read("publish_events.lua")
+# A worker's heartbeat, and giving back what a dead one held (worker/liveness.py).
+HEARTBEAT = _read("heartbeat.lua")
+RESTORE_CLAIM = _read("restore_claim.lua")
+FORGET_CONSUMER = _read("forget_consumer.lua")

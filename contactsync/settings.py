@@ -75,6 +75,15 @@ class Settings(BaseSettings):
         default=300, ge=10,
         description="an unacknowledged message goes back to the queue after this long",
     )
+    worker_heartbeat_seconds: float = Field(
+        default=2.0, gt=0, le=60,
+        description="how often a worker says it is alive, and looks for workers that are not",
+    )
+    worker_dead_after_seconds: float = Field(
+        default=8.0, gt=0, le=600,
+        description="a worker silent this long is dead: the messages it held go back to their "
+        "queue at once (at least three heartbeats)",
+    )
     worker_concurrency: int | None = Field(
         default=None, ge=1,
         description="pool processes per worker; unset: twice the CPUs (each spends much of a "
@@ -131,6 +140,16 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.flower_basic_auth == DEFAULT_FLOWER_AUTH:
             raise ValueError(
                 "CONTACTSYNC_FLOWER_BASIC_AUTH must be set in production (not the default)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _dead_after_several_heartbeats(self) -> Settings:
+        # One late heartbeat (a busy host, a slow Redis) must not look like a death.
+        if self.worker_dead_after_seconds < 3 * self.worker_heartbeat_seconds:
+            raise ValueError(
+                "CONTACTSYNC_WORKER_DEAD_AFTER_SECONDS must be at least three times "
+                "CONTACTSYNC_WORKER_HEARTBEAT_SECONDS"
             )
         return self
 

@@ -38,6 +38,9 @@ def transport_options(settings: Settings) -> dict[str, object]:
         # (contacts.updates, then contacts.bulk) and takes a bulk message only when no single
         # one waits. kombu's default takes turns, so a flood of batches slowed every PUT.
         "queue_order_strategy": "priority",
+        # A dead worker's messages come back long before that (worker/liveness.py).
+        "worker_heartbeat": settings.worker_heartbeat_seconds,
+        "worker_dead_after": settings.worker_dead_after_seconds,
     }
 
 

@@ -80,6 +80,7 @@ class Report:
     slowest_2xx: float = 0.0
     seconds: float = 0.0
     accepted_after_fault: int = 0  # 2xx answers to requests sent after the fault step ended
+    recovery_seconds: float | None = None  # a dead worker's death until all it held applied
     counters: dict[str, int] = field(default_factory=dict)  # what the fault step counted
     notes: list[str] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)

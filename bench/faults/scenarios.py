@@ -22,7 +22,9 @@ from redis import Redis
 
 from bench.faults.load import Load
 from bench.faults.oracle import Report, check, wait_drained
+from bench.faults.recovery import RECOVERY_SECONDS, RecoveryClock, held_updates
 from bench.faults.services import RedisServer, Stack, empty_tables, restart_postgres, seed
+from bench.processes import wait_until
 from contactsync.db import Database
 from contactsync.settings import Settings
 
@@ -55,17 +57,19 @@ class Run:
     notes: list[str]
     after_load: list[Callable[[], None]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    recovery_seconds: float | None = None
 
 
 @contextmanager
 def running(
     name: str, database_url: str, work_dir: Path, *, workers: int = 1, start_workers: bool = True,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """Start a scenario's Redis, worker(s) and gateway; stop them all afterwards."""
     log_dir = work_dir / re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     log_dir.mkdir(parents=True, exist_ok=True)
     redis = RedisServer(log_dir / "redis-data", log_dir)
-    stack = Stack(database_url, redis, log_dir)
+    stack = Stack(database_url, redis, log_dir, env_extra=dict(env or {}))
     try:
         redis.start()
         stack.start_gateway("g1")
@@ -81,7 +85,7 @@ def running(
 
 def run_scenario(
     name: str, fault: Callable[[Run], None], database_url: str, work_dir: Path, size: Size,
-    *, start_workers: bool = True,
+    *, start_workers: bool = True, env: dict[str, str] | None = None,
 ) -> Report:
     """Run the load with `fault` in the middle; return the checked report."""
     db = Database(Settings(database_url=database_url))
@@ -90,7 +94,8 @@ def run_scenario(
         empty_tables(db)
         tenant = seed(db, size.contacts)
         initial = {cid: _initial(i) for i, cid in enumerate(tenant.contact_ids)}
-        with running(name, database_url, work_dir, start_workers=start_workers) as stack:
+        with running(name, database_url, work_dir, start_workers=start_workers,
+                     env=env) as stack:
             load = Load(
                 [stack.url("g1")], tenant.key, tenant.contact_ids, total=size.updates,
                 rate=size.rate, seed=len(name), max_seconds=size.updates / size.rate * 4 + 60,
@@ -116,6 +121,7 @@ def run_scenario(
                 redis.close()
         report.notes += run.notes
         report.counters = run.counters
+        report.recovery_seconds = run.recovery_seconds
         report.accepted_after_fault = len(
             [s for s in load.log.sent[mark:] if s.status is not None and 200 <= s.status < 300]
         )
@@ -131,11 +137,35 @@ def _initial(index: int) -> dict[str, Any]:
 
 
 def worker_sigkill(run: Run) -> None:
-    """SIGKILL the worker (main process, pool, relay) mid-load; a supervisor restarts it."""
-    run.stack.kill_worker("w1")
+    """SIGKILL the worker (main process, pool, relay) mid-load; a supervisor restarts it.
+
+    It dies with messages in hand (its pool processes stopped a moment before, as tasks
+    waiting on the database would be), and the clock runs from its death until every update
+    those messages name is applied: within RECOVERY_SECONDS (DESIGN §3), with the default
+    visibility timeout of 300 s.
+    """
+    redis = run.stack.client()
+    try:
+        run.stack.freeze_pool("w1")
+        wait_until(lambda: redis.hlen("unacked") > 0 or None, timeout=30, interval=0.01)
+        run.stack.kill_worker("w1")
+        held, vanished = held_updates(redis)
+    finally:
+        redis.close()
+    clock = RecoveryClock(run.stack.database_url, held, timeout=RECOVERY_SECONDS * 4)
     time.sleep(0.5)
     run.stack.start_worker("w1")
-    run.notes.append("worker SIGKILLed and restarted at once")
+    run.notes.append(f"worker SIGKILLed holding {len(held)} updates ({vanished} of them in no "
+                     "`unacked` entry), restarted at once")
+    run.counters.update(held=len(held), vanished=vanished)
+
+    def recovered() -> None:
+        run.recovery_seconds = clock.result()
+        if run.recovery_seconds is None or run.recovery_seconds > RECOVERY_SECONDS:
+            run.notes.append(f"VIOLATION: the dead worker's updates took over "
+                             f"{RECOVERY_SECONDS:.0f} s to be applied")
+
+    run.after_load.append(recovered)
 
 
 def redis_sigkill(run: Run, down_seconds: float = 3.0) -> None:
@@ -264,16 +294,22 @@ class Scenario:
     fault: Callable[[Run], None]
     start_workers: bool = True
     disturbs_others: bool = False  # restarts a service shared with other people's tests
+    env: dict[str, str] = field(default_factory=dict)  # on top of FAULT_ENV
 
     def run(self, database_url: str, work_dir: Path, size: Size) -> Report:
         return run_scenario(
             self.name, self.fault, database_url, work_dir, size,
-            start_workers=self.start_workers,
+            start_workers=self.start_workers, env=self.env,
         )
 
 
+# The promise about a dead worker holds with the default visibility timeout, not the short one
+# the other scenarios run with.
+DEFAULT_VISIBILITY = str(Settings.model_fields["visibility_timeout_seconds"].default)
+
 SCENARIOS = [
-    Scenario("worker SIGKILL", worker_sigkill),
+    Scenario("worker SIGKILL", worker_sigkill,
+             env={"CONTACTSYNC_VISIBILITY_TIMEOUT_SECONDS": DEFAULT_VISIBILITY}),
     Scenario("Redis SIGKILL", redis_sigkill),
     Scenario("PostgreSQL restart", postgres_restart, disturbs_others=True),
     Scenario("duplicates + shuffled order", duplicates_and_shuffles, start_workers=False),
@@ -285,13 +321,21 @@ def table(reports: list[Report]) -> str:
     """Return the reports as one Markdown table."""
     head = ("| scenario | sent | 2xx | 503 | other | applied | lost | failed | applied twice "
             "| event ids / changing updates | re-published | contacts ≠ oracle | ghosts "
-            "| slowest 503 | seconds |")
+            "| slowest 503 | recovery | seconds |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in reports:
         lines.append(
             f"| {r.scenario} | {r.sent} | {r.accepted} | {r.unavailable} | {r.other} "
             f"| {r.applied} | {r.lost} | {r.failed} | {r.applied_twice} "
             f"| {r.events} / {r.changing} | {r.republished} | {r.state_mismatches} "
-            f"| {r.ghosts} | {r.slowest_503:.1f} s | {r.seconds:.0f} |"
+            f"| {r.ghosts} | {r.slowest_503:.1f} s | {_recovery(r)} | {r.seconds:.0f} |"
         )
     return "\n".join(lines)
+
+
+def _recovery(report: Report) -> str:
+    if "held" not in report.counters:
+        return "-"
+    if report.recovery_seconds is None:
+        return "timed out"
+    return f"{report.recovery_seconds:.1f} s"

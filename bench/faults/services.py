@@ -42,9 +42,10 @@ PG_ADMIN_URL = os.environ.get(
 FAULTS_DB_PREFIX = "contactsync_faults"
 QUEUES = "contacts.updates,contacts.bulk"
 
-# What every process of a scenario runs with. A short visibility timeout brings the messages
-# of a killed worker back within seconds (the production default is 300 s); the backoff cap
-# stays below it, so a retry waiting for its countdown is not restored as well.
+# What every process of a scenario runs with. A short visibility timeout brings unclaimed
+# unacknowledged messages back within seconds (the production default is 300 s; the worker
+# SIGKILL scenario runs with it, as heartbeats must bring a dead worker's messages back); the
+# backoff cap stays below it, so a retry waiting for its countdown is not restored as well.
 FAULT_ENV = {
     "CONTACTSYNC_VISIBILITY_TIMEOUT_SECONDS": "10",
     "CONTACTSYNC_RETRY_BACKOFF_MAX_SECONDS": "2",
@@ -184,6 +185,20 @@ class Stack:
         os.killpg(process.popen.pid, signal.SIGKILL)
         process.popen.wait(10)
         process.stop()
+
+    def freeze_pool(self, name: str) -> None:
+        """SIGSTOP the worker's pool processes: its main process goes on taking messages and
+        holds them, as it does while its tasks wait on a slow database."""
+        main = self.workers[name].popen.pid
+        argv = Path(f"/proc/{main}/cmdline").read_bytes()
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                same = (proc / "cmdline").read_bytes() == argv  # forked: not the relay
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == main and same:
+                os.kill(int(proc.name), signal.SIGSTOP)
 
     def terminate_worker(self, name: str, timeout: float = 60) -> float:
         """SIGTERM the worker's main process (warm shutdown); return how long it took to exit."""

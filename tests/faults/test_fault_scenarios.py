@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.faults.load import CLIENT_TIMEOUT
+from bench.faults.recovery import RECOVERY_SECONDS
 from bench.faults.scenarios import QUICK, SCENARIOS, Scenario, table
 
 pytestmark = pytest.mark.slow  # fault scenarios under load
@@ -40,5 +41,9 @@ def test_every_accepted_update_is_applied_once(
     if scenario.name == "Redis SIGKILL":
         assert report.unavailable > 0  # answered 503, with Retry-After, while Redis was down
         assert report.slowest_503 < CLIENT_TIMEOUT
+    if scenario.name == "worker SIGKILL":  # DESIGN §3, with the default visibility timeout
+        assert report.counters["held"] > 0
+        assert report.recovery_seconds is not None
+        assert report.recovery_seconds <= RECOVERY_SECONDS
     if scenario.name.startswith("duplicates"):
         assert report.counters["duplicated"] > 0 and report.counters["shuffled"] > 0
