@@ -29,7 +29,7 @@ APPLIED_WITHIN_SECONDS = 10.0  # "within seconds", on a machine shared with othe
 def _created_key(stack: Stack, *options: str) -> str:
     env = service_env(stack.settings.database_url, stack.settings.redis_url)
     created = subprocess.run(
-        [sys.executable, "-m", "contactsync", "keys", "create", "--account", "bulk",
+        [sys.executable, "-m", "cli", "keys", "create", "--account", "bulk",
          "--permission", "contacts:read", "--permission", "contacts:write", *options],
         env=env, cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
     )
