@@ -16,6 +16,7 @@ from contactsync import names
 from contactsync.celery_message import queue_list_key
 from contactsync.enqueue import (
     Accepted,
+    BacklogRefused,
     Enqueuer,
     Idempotency,
     Outcome,
@@ -173,3 +174,20 @@ def test_a_batch_key_is_reserved_with_its_batch_and_a_racing_twin_queues_nothing
     again = _accept(settings, _batch(21, 3, "batch", "b3"))
     assert [type(o) for o in again] == [Replayed] * 3
     assert redis.get(names.update_body_key("upd_enqueue0021")) is None
+
+
+def test_a_batch_refused_for_its_accounts_backlog_leaves_its_key_free(
+    settings: Settings, redis: Redis
+) -> None:
+    async def run(limit: int) -> list[Outcome]:
+        client = AsyncRedis.from_url(settings.redis_url)
+        try:
+            enqueuer = Enqueuer(client, idempotency_ttl=60, max_batch=200, origin="tests",
+                                account_limit=lambda: limit)
+            return await enqueuer.accept(_batch(1, 3, "refused", "b1"))
+        finally:
+            await client.aclose()
+
+    assert [type(o) for o in asyncio.run(run(2))] == [BacklogRefused] * 3
+    assert not redis.keys(names.idempotency_key("acc_enqueue", "*"))
+    assert [type(o) for o in asyncio.run(run(3))] == [Accepted] * 3
