@@ -285,8 +285,7 @@ class Enqueuer:
         return None if raw is None else orjson.loads(raw)
 
     async def finish_idempotency(
-        self, account_id: str, idem: Idempotency, update_id: str | None,
-        response: dict[str, Any],
+        self, account_id: str, idem: Idempotency, update_id: str, response: dict[str, Any]
     ) -> None:
         """Store the answer given under an idempotency key, for the next 24 hours.
 
