@@ -84,6 +84,10 @@ class Submission:
     idempotency: Idempotency | None = None
     reply_to: str | None = None
     rate_limit: RateLimit | None = None
+    # The submissions of one batch request share it; the batch's Idempotency-Key rides on its
+    # first, so the script reserves the key with the batch's accept, and a key seen before
+    # answers the whole batch.
+    batch_id: str | None = None
 
 
 def _unsequenced(submission: Submission, received_at: str) -> AcceptedUpdate:
@@ -126,7 +130,7 @@ NO_ACCOUNT_LIMIT = 2**53  # what the accept script's numbers (doubles) hold exac
 
 
 def idempotency_record(
-    fingerprint: str, update_id: str, response: dict[str, Any] | None
+    fingerprint: str, update_id: str | None, response: dict[str, Any] | None
 ) -> bytes:
     """Return the stored form of an idempotency key: in flight until it has a response."""
     return orjson.dumps({"fingerprint": fingerprint, "update_id": update_id, "response": response})
@@ -210,8 +214,15 @@ class Enqueuer:
                     outcomes[waiting[int(reply[at]) - 1]] = BacklogRefused()
             else:
                 with_key = [i for i in waiting if submissions[i].idempotency]
+                by_batch: dict[str | None, Outcome] = {}
                 for at in range(2, len(reply), 2):
-                    outcomes[with_key[int(reply[at]) - 1]] = Replayed(orjson.loads(reply[at + 1]))
+                    index = with_key[int(reply[at]) - 1]
+                    replayed = outcomes[index] = Replayed(orjson.loads(reply[at + 1]))
+                    by_batch[submissions[index].batch_id] = replayed
+                by_batch.pop(None, None)
+                for i in waiting:
+                    if outcomes[i] is None:
+                        outcomes[i] = by_batch.get(submissions[i].batch_id)
             waiting = [i for i in waiting if outcomes[i] is None]
         return [o for o in outcomes if o is not None]
 
@@ -248,6 +259,30 @@ class Enqueuer:
     def task_messages(self, updates: list[AcceptedUpdate]) -> list[tuple[str, bytes]]:
         """Return (queue, message) pairs carrying these updates, at most `max_batch` each."""
         return task_messages(updates, self._max_batch, self._origin)
+
+    async def idempotency_answer(
+        self, account_id: str, idem: Idempotency
+    ) -> dict[str, Any] | None:
+        """Return the record stored under an idempotency key, if the key was seen before."""
+        raw: bytes | None = await self._redis.get(  # type: ignore[assignment]
+            names.idempotency_key(account_id, idem.key_digest)
+        )
+        return None if raw is None else orjson.loads(raw)
+
+    async def keep_first_answer(
+        self, account_id: str, idem: Idempotency, response: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Store an answer that queued nothing under a key not seen before, in one command.
+
+        Return the record already there instead, when the key was seen before (stored or in
+        flight): that record is the answer, and nothing is written.
+        """
+        raw: bytes | None = await self._redis.set(  # type: ignore[assignment]
+            names.idempotency_key(account_id, idem.key_digest),
+            idempotency_record(idem.fingerprint, None, response),
+            ex=self._idempotency_ttl, nx=True, get=True,
+        )
+        return None if raw is None else orjson.loads(raw)
 
     async def finish_idempotency(
         self, account_id: str, idem: Idempotency, update_id: str, response: dict[str, Any]

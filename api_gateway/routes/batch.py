@@ -6,14 +6,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
+from api_gateway import idempotency
 from api_gateway.auth import require
-from api_gateway.backlog import BacklogGauge, refusal
+from api_gateway.backlog import BacklogGauge
+from api_gateway.batches import earlier_answer, queue_batch
 from api_gateway.body import read_json
-from api_gateway.ratelimit import RateLimiter
-from api_gateway.responses import JSONResponse, error_responses, ok
+from api_gateway.responses import JSONResponse, error_responses
 from api_gateway.state import GatewayDep
 from contactsync import names
-from contactsync.enqueue import Accepted, BacklogRefused, Submission
+from contactsync.enqueue import Submission
 from contactsync.errors import ValidationFailed
 from contactsync.ids import new_update_id
 from contactsync.keys import Principal
@@ -62,14 +63,22 @@ def _check_envelope(body: Any) -> list[Any]:
     status_code=202,
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": BatchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    }}}},
-    responses={202: {"model": BatchEnvelope}, **error_responses(400, 403, 413, 415)},
+    }}}, "parameters": [idempotency.HEADER]},
+    responses={202: {"model": BatchEnvelope}, **error_responses(400, 403, 409, 413, 415, 422)},
 )
 async def batch_update(request: Request, principal: Writer, gateway: GatewayDep) -> JSONResponse:
-    """Queue up to 1,000 updates; each item is accepted or rejected on its own."""
+    """Queue up to 1,000 updates; each item is accepted or rejected on its own.
+
+    With an `Idempotency-Key`, the whole batch is one request: the same key and body get the
+    same results and update ids, and the batch is applied once.
+    """
     backlog: BacklogGauge = request.app.state.backlog
     backlog.check(principal.account_id)
-    items = _check_envelope(await read_json(request, limit=MAX_BATCH_BODY_BYTES))
+    body = await read_json(request, limit=MAX_BATCH_BODY_BYTES)
+    items = _check_envelope(body)
+    idem, answer = await earlier_answer(request, principal, gateway, body)
+    if answer is not None:
+        return answer
     results: list[dict[str, Any] | None] = [None] * len(items)
     submissions: list[tuple[int, Submission]] = []
     for index, item in enumerate(items):
@@ -90,21 +99,4 @@ async def batch_update(request: Request, principal: Writer, gateway: GatewayDep)
             update_id=new_update_id(), account_id=principal.account_id, contact_id=contact_id,
             patch=patch, queue=names.BULK_QUEUE,
         )))
-    if submissions:
-        limiter: RateLimiter = request.app.state.rate_limiter
-        await limiter.take_updates(
-            principal.key_id, principal.update_rate_limit_per_second, len(submissions)
-        )
-    outcomes = await gateway.publisher.submit_many([s for _, s in submissions])
-    if any(isinstance(o, BacklogRefused) for o in outcomes):
-        # One flush holds the whole batch, and the script takes an account's flush whole or
-        # refuses it whole: none of it was queued.
-        backlog.note_refused(principal.account_id)
-        raise refusal()
-    for (index, submission), outcome in zip(submissions, outcomes, strict=True):
-        assert isinstance(outcome, Accepted)  # no idempotency key, so never a replay
-        results[index] = {
-            "index": index, "id": submission.contact_id,
-            "update_id": outcome.update.update_id, "status": "queued",
-        }
-    return ok({"results": results}, status=202)
+    return await queue_batch(request, principal, gateway, idem, results, submissions)

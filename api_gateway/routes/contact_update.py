@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
+from api_gateway import idempotency
 from api_gateway.auth import authenticate, check_permission, spend_token
 from api_gateway.backlog import refusal as backlog_refusal
 from api_gateway.body import read_json
@@ -21,18 +21,11 @@ from contactsync import names
 from contactsync.enqueue import (
     Accepted,
     BacklogRefused,
-    Idempotency,
     RateRefused,
     Replayed,
     Submission,
 )
-from contactsync.errors import (
-    ClientError,
-    Conflict,
-    IdempotencyKeyReused,
-    NotFound,
-    ValidationFailed,
-)
+from contactsync.errors import ClientError, NotFound
 from contactsync.ids import new_update_id
 from contactsync.schemas import (
     CONTACT_ID_PATTERN,
@@ -44,12 +37,6 @@ from contactsync.schemas import (
 from contactsync.updates import AcceptedUpdate
 
 router = APIRouter(prefix="/external/v1", tags=["contacts"])
-
-_MAX_IDEMPOTENCY_KEY = 255
-# Visible ASCII, spaces inside only: what survives every proxy and HTTP parser unchanged.
-_IDEMPOTENCY_KEY_PATTERN = "^[!-~]([ -~]*[!-~])?$"
-_IDEMPOTENCY_KEY = re.compile(_IDEMPOTENCY_KEY_PATTERN)
-_IDEMPOTENCY_HELP = "1 to 255 visible ASCII characters; same key and body within 24 h, same answer"
 
 
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -64,26 +51,10 @@ def _wants_async(prefer: str | None) -> bool:
     return any(p.split(";")[0].strip().lower() == "respond-async" for p in prefer.split(","))
 
 
-def _replay(record: dict[str, Any], idem: Idempotency) -> JSONResponse:
-    if record.get("fingerprint") != idem.fingerprint:
-        raise IdempotencyKeyReused(
-            "This Idempotency-Key was already used with a different request."
-        )
-    response = record.get("response")
-    if response is None:
-        raise Conflict("A request with this Idempotency-Key is still in flight.")
-    return JSONResponse(
-        response["body"], status_code=response["status"], headers=response.get("headers")
-    )
-
-
 _HEADERS = [
     {"name": "Prefer", "in": "header", "required": False,
      "description": "`respond-async`: answer 202 at once", "schema": {"type": "string"}},
-    {"name": "Idempotency-Key", "in": "header", "required": False,
-     "description": _IDEMPOTENCY_HELP,
-     "schema": {"type": "string", "minLength": 1, "maxLength": _MAX_IDEMPOTENCY_KEY,
-                "pattern": _IDEMPOTENCY_KEY_PATTERN}},
+    idempotency.HEADER,
 ]
 
 
@@ -121,7 +92,7 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
         patch = parse_body(ContactUpdate, body).patch()
         if not CONTACT_ID_PATTERN.match(contact_id):
             raise NotFound("Contact not found.")
-        idem = _idempotency(request, body)
+        idem = idempotency.of_request(request, "PUT", body)
     except ClientError:
         # Every request spends a token, and one over its key's limit is answered 429 whatever
         # else is wrong with it.
@@ -162,7 +133,7 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
         if not spent:  # the queueing script spent none for it
             await spend_token(request, principal)
         assert idem is not None
-        return _replay(outcome.record, idem)
+        return idempotency.replay(outcome.record, idem)
     if outcome.bucket is not None:
         setattr(request.state, RATE_STATE_KEY, RateDecision.of(limit.rate, outcome.bucket))
     if respond_async:
@@ -172,18 +143,9 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
     if idem is not None:
         await gateway.enqueuer.finish_idempotency(
             principal.account_id, idem, update_id,
-            {"status": status, "body": payload, "headers": headers},
+            idempotency.stored(status, payload, headers),
         )
     return JSONResponse(payload, status_code=status, headers=headers)
-
-
-def _idempotency(request: Request, body: Any) -> Idempotency | None:
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if len(key) > _MAX_IDEMPOTENCY_KEY or not _IDEMPOTENCY_KEY.match(key):
-        raise ValidationFailed({"Idempotency-Key": "must be " + _IDEMPOTENCY_HELP.split(";")[0]})
-    return Idempotency.of(key, "PUT", request.url.path, body)
 
 
 def _accepted(

@@ -16,6 +16,7 @@ from contactsync import names
 from contactsync.celery_message import queue_list_key
 from contactsync.enqueue import (
     Accepted,
+    BacklogRefused,
     Enqueuer,
     Idempotency,
     Outcome,
@@ -143,3 +144,50 @@ def test_one_idempotency_key_twice_in_a_flush_queues_one_update(
     assert second.record["update_id"] == first.update.update_id
     assert second.record["response"] is None
     assert _queued_ids(redis) == [[first.update.update_id]]
+
+
+def _batch(first: int, size: int, key: str | None, batch_id: str) -> list[Submission]:
+    """A batch's submissions as a batch route hands them over: the key on the first only."""
+    return [
+        replace(_submission(n), batch_id=batch_id,
+                idempotency=Idempotency.of(key, "POST", "/batch", {}) if key and n == first
+                else None)
+        for n in range(first, first + size)
+    ]
+
+
+def test_a_batch_key_is_reserved_with_its_batch_and_a_racing_twin_queues_nothing(
+    settings: Settings, redis: Redis
+) -> None:
+    # Two gateways' requests with one key racing into the same flush: the second finds the
+    # first in flight, and none of its items is queued.
+    batch, twin = _batch(1, 3, "batch", "b1"), _batch(11, 3, "batch", "b2")
+    outcomes = _accept(settings, [*batch, _submission(7), *twin])
+    assert [type(o) for o in outcomes] == [Accepted] * 4 + [Replayed] * 3
+    assert all(o.record["update_id"] == "upd_enqueue0001" and o.record["response"] is None
+               for o in outcomes[4:] if isinstance(o, Replayed))
+    assert sorted(_queued_ids(redis)[0]) == [
+        "upd_enqueue0001", "upd_enqueue0002", "upd_enqueue0003", "upd_enqueue0007",
+    ]
+    assert redis.get(names.update_body_key("upd_enqueue0012")) is None
+    # Later, the key's batch is answered from its record alone, whole.
+    again = _accept(settings, _batch(21, 3, "batch", "b3"))
+    assert [type(o) for o in again] == [Replayed] * 3
+    assert redis.get(names.update_body_key("upd_enqueue0021")) is None
+
+
+def test_a_batch_refused_for_its_accounts_backlog_leaves_its_key_free(
+    settings: Settings, redis: Redis
+) -> None:
+    async def run(limit: int) -> list[Outcome]:
+        client = AsyncRedis.from_url(settings.redis_url)
+        try:
+            enqueuer = Enqueuer(client, idempotency_ttl=60, max_batch=200, origin="tests",
+                                account_limit=lambda: limit)
+            return await enqueuer.accept(_batch(1, 3, "refused", "b1"))
+        finally:
+            await client.aclose()
+
+    assert [type(o) for o in asyncio.run(run(2))] == [BacklogRefused] * 3
+    assert not redis.keys(names.idempotency_key("acc_enqueue", "*"))
+    assert [type(o) for o in asyncio.run(run(3))] == [Accepted] * 3
