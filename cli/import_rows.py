@@ -109,11 +109,15 @@ class _Header:
     name_parts: tuple[int, ...]  # LinkedIn's First Name / Last Name, joined into `name`
 
 
-def _target(index: int, label: str) -> str | None:
-    """Return where a column goes ("json:" kept), or None for a column read and left out."""
+def _target(index: int, label: str, any_field: bool = False) -> str | None:
+    """Return where a column goes ("json:" kept), or None for a column read and left out.
+
+    A `json:` column may name a field this importer does not know (one the API gained since):
+    its values go as they are, and the API judges them, as it does a JSON line's.
+    """
     lowered = label.lower()
     if lowered.startswith(JSON_PREFIX):
-        inner = _target(index, label[len(JSON_PREFIX):].strip())
+        inner = _target(index, label[len(JSON_PREFIX):].strip(), any_field=True)
         if inner == "id":
             raise ImportFileError(f"column {index + 1}: the id column is plain text, not JSON")
         return inner and JSON_PREFIX + inner
@@ -128,6 +132,8 @@ def _target(index: int, label: str) -> str | None:
         return _LINKEDIN[lowered]
     if lowered in _IGNORED:
         return None
+    if any_field and label:
+        return label
     known = ", ".join(_FIELDS)
     raise ImportFileError(
         f"unknown column {label!r}: use {known}, custom.<key>, json:<column>, "
