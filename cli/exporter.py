@@ -148,7 +148,7 @@ def _write_csv(spool: IO[str], layout: CsvLayout, out: IO[str]) -> None:
 def _progress(enabled: bool) -> Progress:
     return Progress(
         TextColumn("exporting"), BarColumn(), TaskProgressColumn(),
-        TextColumn("{task.completed} of {task.total} contacts"), TimeRemainingColumn(),
+        TextColumn("{task.completed} contacts"), TimeRemainingColumn(),
         disable=not enabled,
     )
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
+from datetime import datetime
 from typing import Any
 
+import httpx
 import pytest
 
+from cli.errors import CliError
 from cli.export_csv import CsvLayout
+from cli.exporter import LIST_PATH, Pager, instant
 from cli.import_rows import READ_ONLY, ImportFileError, Row, RowError, parse_csv, parse_jsonl
 
 BASE = {"email": None, "phone": None, "company": None, "position": None, "linkedin_url": None,
@@ -84,3 +89,69 @@ def test_a_json_cell_that_is_not_json_is_a_row_error() -> None:
 def test_bad_json_headers_are_refused_whole(header: str, message: str) -> None:
     with pytest.raises(ImportFileError, match=message):
         list(parse_csv(io.StringIO(header, newline="")))
+
+
+# Paging against a fake server: the real gateway never answers 429 or 503 on demand.
+
+
+def _page(contacts: list[dict[str, Any]], cursor: str | None) -> httpx.Response:
+    pagination = {"page": None, "limit": 100, "total": 3, "total_pages": 1, "next_cursor": cursor}
+    return httpx.Response(200, json={"success": True,
+                                     "data": {"contacts": contacts, "pagination": pagination}})
+
+
+def _error(status: int, code: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    body = {"success": False, "error": {"code": code, "message": "m", "details": {}}}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def _pager(answers: list[Any], waits: list[float], since: datetime | None = None,
+           ) -> tuple[Pager, list[httpx.QueryParams]]:
+    asked: list[httpx.QueryParams] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == LIST_PATH
+        asked.append(request.url.params)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, httpx.Response)
+        return answer
+
+    client = httpx.Client(base_url="http://api.test", transport=httpx.MockTransport(handle))
+    return Pager(client, since, sleep=waits.append), asked
+
+
+def test_pages_follow_the_cursor_and_429_503_wait_as_asked() -> None:
+    waits: list[float] = []
+    since = instant("2024-01-15T10:30:00+02:00")
+    pager, asked = _pager([
+        _page([{"id": "cnt_1"}, {"id": "cnt_2"}], "c1"),
+        _error(429, "RATE_LIMIT_EXCEEDED", {"Retry-After": "2"}),
+        _error(503, "SERVICE_UNAVAILABLE", {"Retry-After": "0.5"}),
+        httpx.ConnectError("refused"),
+        _page([{"id": "cnt_3"}], None),
+    ], waits, since)
+    assert [c["id"] for page in pager.pages() for c in page] == ["cnt_1", "cnt_2", "cnt_3"]
+    assert waits[:2] == [2.0, 0.5] and 0 < waits[2] <= 0.5
+    assert [p.get("cursor") for p in asked] == [None, "c1", "c1", "c1", "c1"]
+    assert {p["updated_since"] for p in asked} == {"2024-01-15T10:30:00+02:00"}
+    assert {(p["sort_by"], p["sort_order"], p["limit"]) for p in asked} == {
+        ("created_at", "asc", "100"),
+    }
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, "INVALID_API_KEY"),
+                                              (403, "INSUFFICIENT_PERMISSIONS")])
+def test_a_refused_key_stops_the_export_at_once(status: int, code: str) -> None:
+    waits: list[float] = []
+    pager, asked = _pager([_error(status, code)], waits)
+    with pytest.raises(CliError, match=f"refused the key: HTTP {status} {code}"):
+        list(pager.pages())
+    assert len(asked) == 1 and waits == []
+
+
+@pytest.mark.parametrize("text", ["2024-01-15", "2024-01-15T10:30:00", "yesterday", ""])
+def test_updated_since_needs_an_rfc3339_instant(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid date-time"):
+        instant(text)
