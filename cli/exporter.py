@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -126,13 +126,6 @@ class Pager:
             self.sleep(wait if wait is not None else backoff(busy))
 
 
-@dataclass(frozen=True)
-class Options:
-    path: Path
-    fmt: Format
-    since: datetime | None
-
-
 def _jsonl(contact: dict[str, Any]) -> str:
     return json.dumps(contact, ensure_ascii=False) + "\n"
 
@@ -153,22 +146,25 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
-def _export(pager: Pager, options: Options, out: IO[str]) -> int:
+def _export(pager: Pager, fmt: Format, out: IO[str]) -> int:
     """Write every contact to `out`; return how many."""
     count = 0
     layout = CsvLayout()
     # CSV needs every contact before its header: the pages wait in a file, not in memory.
-    with _progress(sys.stdout.isatty()) as progress, \
-            tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+    with ExitStack() as resources:
+        target = (resources.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))
+                  if fmt == "csv" else out)
+        progress = resources.enter_context(_progress(sys.stdout.isatty()))
         bar = progress.add_task("export", total=None)
         for contacts in pager.pages():
             for contact in contacts:
-                (spool if options.fmt == "csv" else out).write(_jsonl(contact))
-                layout.plan(contact)
+                target.write(_jsonl(contact))
+                if fmt == "csv":
+                    layout.plan(contact)
             count += len(contacts)
             progress.update(bar, completed=count, total=max(pager.total, count))
-        if options.fmt == "csv":
-            _write_csv(spool, layout, out)
+        if fmt == "csv":
+            _write_csv(target, layout, out)
     return count
 
 
@@ -176,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
     """Export the account's contacts to FILE; exit 0 when every one was written."""
     api_url, api_key = api_endpoint(args)
     path: Path = args.file
-    options = Options(path, detect_format(path, args.format), args.updated_since)
+    fmt = detect_format(path, args.format)
+    since: datetime | None = args.updated_since
     if path.is_dir():
         raise CliError(f"{path} is a folder: name the file to write")
     started = time.monotonic()
@@ -190,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with open(descriptor, "w", encoding="utf-8", newline="") as out, \
                 httpx.Client(base_url=api_url, headers=headers, timeout=timeout) as client:
-            count = _export(Pager(client, options.since), options, out)
+            count = _export(Pager(client, since), fmt, out)
         os.replace(partial, path)
     except KeyboardInterrupt:
         print(f"contactsync: interrupted; {path} was not written", file=sys.stderr)
@@ -198,6 +195,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         Path(partial).unlink(missing_ok=True)
     elapsed = time.monotonic() - started
-    since = f" updated since {options.since.isoformat()}" if options.since else ""
-    print(f"exported {count} contacts{since} to {path} ({options.fmt}) in {elapsed:.1f} s")
+    which = f" updated since {since.isoformat()}" if since else ""
+    print(f"exported {count} contacts{which} to {path} ({fmt}) in {elapsed:.1f} s")
     return 0
