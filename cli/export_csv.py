@@ -4,6 +4,8 @@ Columns are the importer's: the fields, `tags` as one `;`-separated cell, one `c
 column per custom field key. A value a plain cell cannot carry exactly (a number or boolean,
 a string with surrounding spaces or empty, a tag holding `;`, an object such as a field added
 to the API later) puts its whole column in JSON, named `json:<column>`, one JSON value a cell.
+Custom keys with surrounding spaces, which a (trimmed) header cannot name, share one
+`json:custom_fields` column of objects.
 The header depends on every contact, so the contacts are read once to plan and once to write.
 """
 
@@ -40,13 +42,17 @@ class CsvLayout:
     def __init__(self) -> None:
         self._fields: dict[str, bool] = {}  # field -> its column is JSON
         self._custom: dict[str, bool] = {}  # custom key -> its column is JSON
+        self._odd_keys = False  # custom keys with surrounding spaces: `json:custom_fields`
 
     def plan(self, contact: dict[str, Any]) -> None:
         """Widen the layout to hold `contact` exactly."""
         for name, value in contact.items():
             if name == _CUSTOM and isinstance(value, dict):
                 for key, item in value.items():
-                    self._custom[key] = self._custom.get(key, False) or not _plain_text(item)
+                    if key != key.strip():
+                        self._odd_keys = True  # a header is trimmed: the key would change
+                    else:
+                        self._custom[key] = self._custom.get(key, False) or not _plain_text(item)
             else:
                 plain = _plain_tags(value) if name == "tags" else _plain_text(value)
                 self._fields[name] = self._fields.get(name, False) or not plain
@@ -60,7 +66,7 @@ class CsvLayout:
         columns = [(JSON_PREFIX if self._fields[f] else "") + f for f in self._field_order()]
         columns += [(JSON_PREFIX if self._custom[k] else "") + CUSTOM_PREFIX + k
                     for k in sorted(self._custom)]
-        return columns
+        return columns + ([JSON_PREFIX + _CUSTOM] if self._odd_keys else [])
 
     def row(self, contact: dict[str, Any]) -> list[str]:
         """Return the cells of one contact, in the header's order."""
@@ -68,6 +74,9 @@ class CsvLayout:
                  for f in self._field_order()]
         custom = contact.get(_CUSTOM) or {}
         cells += [self._cell(custom.get(k), self._custom[k], False) for k in sorted(self._custom)]
+        if self._odd_keys:
+            odd = {k: v for k, v in custom.items() if k != k.strip()}
+            cells.append(self._cell(odd or None, True, False))
         return cells
 
     @staticmethod

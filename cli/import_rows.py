@@ -226,7 +226,12 @@ def _csv_row(header: _Header, line: int, cells: list[str]) -> Item:
                                 {target: "Not valid JSON."})
         elif target == "tags":
             value = split_tags(value)
-        if target.startswith(CUSTOM_PREFIX):
+        if target == "custom_fields":  # keys a header cannot name (export_csv.py)
+            if not isinstance(value, dict):
+                return RowError(line, contact_id, f"column {index + 1} is not a JSON object",
+                                {target: "Must be a JSON object."})
+            custom.update(value)
+        elif target.startswith(CUSTOM_PREFIX):
             custom[target[len(CUSTOM_PREFIX):]] = value
         else:
             update[target] = value

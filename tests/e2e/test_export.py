@@ -27,7 +27,7 @@ RICH: list[dict[str, Any]] = [
                        "inactive": False, "note": 'say "hi"\nthen leave', "padded": "  x  ",
                        "empty": "", "zero": 0, "digits": "42", "word": "true"}},
     {"name": "Semi Colon", "tags": ["semi;colon", "plain"], "source": "crm",
-     "custom_fields": {"plan": 7, "digits": "007"}},
+     "custom_fields": {"plan": 7, "digits": "007", " spaced key ": "k"}},
     {"name": "Only A Name"},
 ]
 

@@ -24,7 +24,7 @@ CONTACTS: list[dict[str, Any]] = [
      "custom_fields": {"plan": "pro", "n": 3, "ok": True, "pad": " x ", "e": "", "f": 0.25},
      "external_ids": {"hubspot": "123"}},
     {**BASE, "id": "cnt_2", "name": "Semi", "tags": ["x;y"],
-     "custom_fields": {"plan": "free", "new": "só"}},
+     "custom_fields": {"plan": "free", "new": "só", " odd key ": 1, "odd\t": "v"}},
     {**BASE, "id": "cnt_3", "name": "Bare", "tags": [], "custom_fields": {}},
 ]
 
@@ -46,7 +46,7 @@ def test_the_header_is_plain_where_it_can_be_and_json_where_it_must() -> None:
         "id", "name", "email", "phone", "company", "position", "linkedin_url", "source",
         "json:tags", "created_at", "updated_at", "json:external_ids",
         "json:custom.e", "json:custom.f", "json:custom.n", "custom.new", "json:custom.ok",
-        "json:custom.pad", "custom.plan",
+        "json:custom.pad", "custom.plan", "json:custom_fields",
     ]
 
 
