@@ -11,7 +11,7 @@ from typing import NoReturn
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from cli import admin, importer, services
+from cli import admin, exporter, importer, services
 from cli.errors import CliError
 
 
@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     imports = sub.add_parser("import", help="send a CSV or JSONL file's updates in batches")
     importer.add_arguments(imports)
     imports.set_defaults(handler=importer.run)
+
+    exports = sub.add_parser("export", help="write every contact of the key's account to a file")
+    exporter.add_arguments(exports)
+    exports.set_defaults(handler=exporter.run)
 
     events = sub.add_parser("events", help="change events").add_subparsers(
         dest="events_command", required=True, parser_class=_Parser

@@ -2,8 +2,12 @@
 
 CSV: an `id` column plus field columns (`name`, `email`, `phone`, `company`, `position`,
 `linkedin_url`), `tags` as one `;`-separated cell, `custom.<key>` columns into `custom_fields`,
-and LinkedIn's connections-export headers mapped onto those fields. An empty cell is not sent,
-so it never clears a field. JSON lines: each line one batch item, exactly as the API takes it.
+and LinkedIn's connections-export headers mapped onto those fields. A `json:` column holds
+one JSON value a cell (`json:tags`, `json:custom.<key>`, `json:<field>`): how `contactsync
+export` writes what a plain cell cannot carry (numbers, booleans, padded strings, tags with `;`).
+An empty cell is not sent, so it never clears a field. JSON lines: each line one batch item,
+exactly as the API takes it. In both, `created_at`, `updated_at` and `source` (what an export
+carries and an update cannot change) are read and left out, so an export imports back as is.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Literal
 Format = Literal["csv", "jsonl"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl")
 CUSTOM_PREFIX = "custom."
+JSON_PREFIX = "json:"
 TAG_SEPARATOR = ";"
 ROW_ERROR = "INVALID_ROW"
 
@@ -32,6 +37,9 @@ _LINKEDIN = {
 _NAME_PARTS = ("first name", "last name")
 # Columns of the LinkedIn export that have no field of their own: read and left out.
 _IGNORED = frozenset({"connected on"})
+# The contact's own fields that an update cannot set: an export carries them, an import leaves
+# them out (the contact keeps its source and times).
+READ_ONLY = frozenset({"created_at", "updated_at", "source"})
 _EXTENSIONS: dict[str, Format] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -97,8 +105,40 @@ class _Header:
 
     width: int
     id_index: int
-    columns: dict[int, str]  # index -> field name, or "custom.<key>"; the id column left out
+    columns: dict[int, str]  # index -> field name or "custom.<key>", either maybe after "json:"
     name_parts: tuple[int, ...]  # LinkedIn's First Name / Last Name, joined into `name`
+
+
+def _target(index: int, label: str, any_field: bool = False) -> str | None:
+    """Return where a column goes ("json:" kept), or None for a column read and left out.
+
+    A `json:` column may name a field this importer does not know (one the API gained since):
+    its values go as they are, and the API judges them, as it does a JSON line's.
+    """
+    lowered = label.lower()
+    if lowered.startswith(JSON_PREFIX):
+        inner = _target(index, label[len(JSON_PREFIX):].strip(), any_field=True)
+        if inner == "id":
+            raise ImportFileError(f"column {index + 1}: the id column is plain text, not JSON")
+        return inner and JSON_PREFIX + inner
+    if lowered.startswith(CUSTOM_PREFIX):
+        key = label[len(CUSTOM_PREFIX):]
+        if not key:
+            raise ImportFileError(f"column {index + 1}: 'custom.' needs a key after the dot")
+        return CUSTOM_PREFIX + key
+    if lowered in _FIELDS or lowered in READ_ONLY:
+        return lowered
+    if lowered in _LINKEDIN:
+        return _LINKEDIN[lowered]
+    if lowered in _IGNORED:
+        return None
+    if any_field and label:
+        return label
+    known = ", ".join(_FIELDS)
+    raise ImportFileError(
+        f"unknown column {label!r}: use {known}, custom.<key>, json:<column>, "
+        "or LinkedIn's headers"
+    )
 
 
 def _map_header(cells: list[str]) -> _Header:
@@ -106,24 +146,14 @@ def _map_header(cells: list[str]) -> _Header:
     name_parts: list[int] = []
     for index, raw in enumerate(cells):
         label = raw.strip()
-        lowered = label.lower()
-        if lowered.startswith(CUSTOM_PREFIX):
-            key = label[len(CUSTOM_PREFIX):]
-            if not key:
-                raise ImportFileError(f"column {index + 1}: 'custom.' needs a key after the dot")
-            columns[index] = CUSTOM_PREFIX + key
-        elif lowered in _FIELDS:
-            columns[index] = lowered
-        elif lowered in _LINKEDIN:
-            columns[index] = _LINKEDIN[lowered]
-        elif lowered in _NAME_PARTS:
+        if label.lower() in _NAME_PARTS:
             name_parts.append(index)
-        elif lowered not in _IGNORED:
-            known = ", ".join(_FIELDS)
-            raise ImportFileError(
-                f"unknown column {label!r}: use {known}, custom.<key>, or LinkedIn's headers"
-            )
-    targets = list(columns.values()) + (["name"] if name_parts else [])
+            continue
+        target = _target(index, label)
+        if target is not None and target.removeprefix(JSON_PREFIX) not in READ_ONLY:
+            columns[index] = target
+    targets = [t.removeprefix(JSON_PREFIX) for t in columns.values()]
+    targets += ["name"] if name_parts else []
     repeated = sorted({t for t in targets if targets.count(t) > 1})
     if repeated:
         raise ImportFileError(f"more than one column gives {repeated[0]!r}")
@@ -182,15 +212,27 @@ def _csv_row(header: _Header, line: int, cells: list[str]) -> Item:
     if contact_id is None:
         return RowError(line, None, "the row has no id", {"id": "A contact id is required."})
     update: dict[str, Any] = {"id": contact_id}
-    custom: dict[str, str] = {}
+    custom: dict[str, Any] = {}
     for index, target in header.columns.items():
-        value = cells[index].strip()
+        value: Any = cells[index].strip()
         if not value:
             continue  # an empty cell is not sent: it never clears a field
-        if target.startswith(CUSTOM_PREFIX):
-            custom[target[len(CUSTOM_PREFIX):]] = value
+        if target.startswith(JSON_PREFIX):
+            target = target[len(JSON_PREFIX):]
+            try:
+                value = json.loads(value, parse_constant=_no_constant)
+            except ValueError:
+                return RowError(line, contact_id, f"column {index + 1} is not a JSON value",
+                                {target: "Not valid JSON."})
         elif target == "tags":
-            update["tags"] = split_tags(value)
+            value = split_tags(value)
+        if target == "custom_fields":  # keys a header cannot name (export_csv.py)
+            if not isinstance(value, dict):
+                return RowError(line, contact_id, f"column {index + 1} is not a JSON object",
+                                {target: "Must be a JSON object."})
+            custom.update(value)
+        elif target.startswith(CUSTOM_PREFIX):
+            custom[target[len(CUSTOM_PREFIX):]] = value
         else:
             update[target] = value
     name = " ".join(p for p in (cells[i].strip() for i in header.name_parts) if p)
@@ -228,4 +270,4 @@ def parse_jsonl(lines: Iterable[str]) -> Iterator[Item]:
         if not isinstance(contact_id, str) or not contact_id.strip():
             yield RowError(line, None, "the row has no id", {"id": "A contact id is required."})
             continue
-        yield Row(line, value)
+        yield Row(line, {k: v for k, v in value.items() if k not in READ_ONLY})

@@ -66,17 +66,23 @@ class Options:
     restart: bool
 
 
-def _options(args: argparse.Namespace) -> Options:
+def api_endpoint(args: argparse.Namespace) -> tuple[str, str]:
+    """Return the API URL and key from the options, else from the settings (the environment)."""
     settings = get_settings()
-    path: Path = args.file
-    if not path.is_file():
-        raise CliError(f"no such file: {path}")
     api_url = (args.api_url or settings.api_url).rstrip("/")
     if not api_url.startswith(("http://", "https://")):
         raise CliError(f"the API URL must start with http:// or https://, not {api_url[:40]!r}")
     api_key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else "")
     if not api_key:
         raise CliError("no API key: pass --api-key or set CONTACTSYNC_API_KEY")
+    return api_url, api_key
+
+
+def _options(args: argparse.Namespace) -> Options:
+    path: Path = args.file
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    api_url, api_key = api_endpoint(args)
     return Options(
         path=path, fmt=detect_format(path, args.format), batch_size=args.batch_size,
         api_url=api_url, api_key=api_key,
