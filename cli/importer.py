@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +19,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from cli.errors import CliError
 from cli.import_rows import FORMATS, Format, Row, RowError, detect_format, read_items
 from contactsync.settings import get_settings
+from tasks.retry import backoff_seconds
 
 BATCH_PATH = "/external/v1/contacts/batch/update"
 DEFAULT_BATCH_SIZE = 500
@@ -223,8 +223,8 @@ class Sender:
 
 
 def backoff(attempt: int) -> float:
-    """Return the pause before the next attempt: exponential, jittered, at most 30 s."""
-    return float(min(0.5 * 2 ** (attempt - 1), 30.0) * random.uniform(0.5, 1.0))
+    """Return the pause before the next attempt: the service's backoff, at most 30 s."""
+    return backoff_seconds(attempt - 1, 30.0)
 
 
 def retry_after(response: httpx.Response) -> float | None:

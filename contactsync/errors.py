@@ -57,11 +57,6 @@ class NotFound(ClientError):
     code = "NOT_FOUND"
 
 
-class MethodNotAllowed(ClientError):
-    status_code = 405
-    code = "METHOD_NOT_ALLOWED"
-
-
 class Conflict(ClientError):
     status_code = 409
     code = "CONFLICT"
@@ -110,12 +105,3 @@ class ApplyFailure(ContactSyncError):
 
 class TransientFailure(ApplyFailure):
     """Worth retrying: a lost connection, a deadlock, a lock timeout."""
-
-
-class PermanentFailure(ApplyFailure):
-    """Retrying cannot help: the update ends `failed` and is parked as a dead letter."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message

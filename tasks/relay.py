@@ -20,6 +20,7 @@ from contactsync.logs import configure
 from contactsync.models import OutboxEvent
 from contactsync.settings import Settings, get_settings
 from contactsync.supervise import exit_with_parent
+from tasks.retry import backoff_seconds
 from worker.app import sweep_interval
 
 log = logging.getLogger("contactsync.relay")
@@ -122,8 +123,8 @@ def run_relay(settings: Settings, stop: threading.Event) -> None:
                 requeue_lost(redis, settings)
             if published < settings.relay_batch_size:
                 interval = settings.relay_interval_seconds
-                stop.wait(min(MAX_BACKOFF_SECONDS, interval * 2 ** min(failures, 16)) if failures
-                          else interval)
+                stop.wait(backoff_seconds(failures, MAX_BACKOFF_SECONDS, base=interval)
+                          if failures else interval)
         while relay_once(db, redis, settings):  # drain before the worker exits
             pass
     except Exception:

@@ -38,7 +38,9 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def backoff_seconds(retries: int, cap: float) -> float:
-    """Return the wait before retry number `retries + 1`: exponential, with jitter."""
-    ceiling: float = min(cap, 0.5 * 2.0 ** min(retries, 32))
+def backoff_seconds(retries: int, cap: float, base: float = 0.5) -> float:
+    """Return the wait before retry number `retries + 1`: exponential from `base`, capped at
+    `cap`, jittered over its upper half. The apply task, the relay and the importer all wait
+    by this."""
+    ceiling: float = min(cap, base * 2.0 ** min(retries, 32))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
