@@ -111,7 +111,7 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
         request.app.state.backlog.check()
         body = await read_json(request)
         patch = parse_body(ContactUpdate, body).patch()
-        if not CONTACT_ID_PATTERN.match(contact_id):
+        if not CONTACT_ID_PATTERN.fullmatch(contact_id):
             raise NotFound("Contact not found.")
         idem = _idempotency(request, body)
     except ClientError:
@@ -168,7 +168,7 @@ def _idempotency(request: Request, body: Any) -> Idempotency | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
-    if len(key) > _MAX_IDEMPOTENCY_KEY or not _IDEMPOTENCY_KEY.match(key):
+    if len(key) > _MAX_IDEMPOTENCY_KEY or not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ValidationFailed({"Idempotency-Key": "must be " + _IDEMPOTENCY_HELP.split(";")[0]})
     return Idempotency.of(key, "PUT", request.url.path, body)
 

@@ -19,7 +19,7 @@ from contactsync.schemas import UpdateRecordEnvelope
 from contactsync.timeutil import isoformat
 from contactsync.updates import AcceptedUpdate
 
-UPDATE_ID = re.compile(r"^upd_[A-Za-z0-9]{1,64}$")
+UPDATE_ID = re.compile(r"upd_[A-Za-z0-9]{1,36}")  # fits update_records.update_id
 
 router = APIRouter(prefix="/external/v1", tags=["updates"])
 
@@ -46,7 +46,7 @@ def record_to_dict(record: UpdateRecord) -> dict[str, Any]:
 )
 async def read_update(update_id: str, principal: Reader, gateway: GatewayDep) -> JSONResponse:
     """Return the status of one accepted update."""
-    if not UPDATE_ID.match(update_id):
+    if not UPDATE_ID.fullmatch(update_id):
         raise NotFound("Update not found.")  # before Redis and the database
     # Redis first: a worker records the update in the database before dropping its body.
     raw = await gateway.redis.get(names.update_body_key(update_id))
