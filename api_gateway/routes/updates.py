@@ -51,7 +51,10 @@ async def read_update(update_id: str, principal: Reader, gateway: GatewayDep) ->
     # Redis first: a worker records the update in the database before dropping its body.
     raw = await gateway.redis.get(names.update_body_key(update_id))
     if raw is not None:
-        update = AcceptedUpdate.from_json(raw)
+        try:
+            update = AcceptedUpdate.from_json(raw)
+        except (TypeError, ValueError):  # a corrupt body: it cannot show whose it is
+            raise NotFound("Update not found.") from None
         if update.account_id == principal.account_id:
             return ok(update.queued_record())
         raise NotFound("Update not found.")

@@ -82,3 +82,17 @@ def test_a_batch_item_with_such_an_id_is_not_found_and_the_others_queue(stack: S
     after = get_contact(stack, tenant.key, contact_id)
     assert (after["position"], after["company"]) == ("CTO", "Acme")
     wait_until(lambda: queued(stack) == (0, 0, 0, 0))  # the bad items left nothing behind
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1]", b'{"account_id": "acc_x"}'])
+def test_an_update_whose_stored_body_is_corrupt_reads_as_404_not_500(
+    stack: Stack, body: bytes
+) -> None:
+    tenant = new_tenant(stack, "acme")
+    update_id = "upd_corrupt0body0test0"
+    stack.redis.set(names.update_body_key(update_id), body)
+    try:
+        response = api(stack, tenant.key).get(f"/external/v1/updates/{update_id}")
+        assert_error(response, 404, "NOT_FOUND")
+    finally:
+        stack.redis.delete(names.update_body_key(update_id))
