@@ -96,9 +96,8 @@ def load_updates(
     the ids with no body.
 
     A missing body was finished by an earlier delivery, or lost (tasks/lost_bodies.py). A body
-    whose patch this worker refuses
-    is parked as `failed` with the reason; one that does not even say which update it is can
-    only be logged.
+    whose patch or contact id this worker refuses is parked as `failed` with the reason; one
+    that does not even say which update it is can only be logged.
     """
     # An id listed twice is one update: applied one by one, it would fail (or be parked) twice.
     update_ids = list(dict.fromkeys(update_ids))
