@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from contactsync import names, scripts
 from contactsync.celery_message import build_task_message, queue_list_key
 from contactsync.timeutil import isoformat, utcnow
-from contactsync.updates import AcceptedUpdate, task_argsrepr
+from contactsync.updates import AcceptedUpdate, owners_argument, task_argsrepr
 
 log = logging.getLogger("contactsync.gateway")
 
@@ -134,7 +134,7 @@ def task_message(queue: str, updates: list[AcceptedUpdate], origin: str) -> byte
         task_name=names.APPLY_TASK,
         task_id=str(uuid.uuid4()),
         args=[[u.update_id for u in updates]],
-        kwargs={"owners": {u.update_id: [u.account_id, u.contact_id] for u in updates}},
+        kwargs={"owners": owners_argument([(u.account_id, u.contact_id) for u in updates])},
         queue=queue,
         argsrepr=task_argsrepr(updates),
         kwargsrepr="{}",

@@ -15,7 +15,7 @@ from contactsync.apply import Outcome, apply_batch, record_failures
 from contactsync.dead_letters import park
 from contactsync.errors import TransientFailure
 from contactsync.timeutil import isoformat, utcnow
-from contactsync.updates import AcceptedUpdate
+from contactsync.updates import AcceptedUpdate, owners_argument
 from tasks.lost_bodies import BODY_MISSING, lost_updates, owners_of, record_lost
 from tasks.retry import backoff_seconds, is_transient
 from tasks.runtime import Runtime, get_runtime
@@ -47,8 +47,9 @@ def apply_updates(
 ) -> dict[str, int]:
     """Apply accepted updates by id; return counts by status (no personal data).
 
-    `owners` maps each update id to its account and contact id, for one whose body was lost.
+    `owners` names each update's account and contact id, for one whose body was lost.
     """
+    owned = owners_of(update_ids, owners)
     # Bad messages (tasks/validation.py): a malformed argument is refused once, not retried.
     update_ids = checked_update_ids(update_ids)
     if not update_ids:
@@ -57,7 +58,7 @@ def apply_updates(
     try:
         updates, refused, missing = load_updates(runtime, update_ids)
         queue = (self.request.delivery_info or {}).get("routing_key") or names.UPDATES_QUEUE
-        lost = lost_updates(runtime, missing, owners_of(owners), queue)
+        lost = lost_updates(runtime, missing, owned, queue)
         if lost:
             record_lost(runtime, lost)
     except Exception as exc:
@@ -296,8 +297,12 @@ def retry(task: Task, runtime: Runtime, update_ids: list[str]) -> Exception:
     exhaust it are parked, and the ones that cannot be parked yet keep waiting.
     """
     countdown = backoff_seconds(task.request.retries, runtime.settings.retry_backoff_max_seconds)
+    # The owners follow their updates: the retry may name fewer of them.
+    first = task.request.args[0] if task.request.args else None
+    owned = owners_of(first, (task.request.kwargs or {}).get("owners"))
+    owners = owners_argument([owned.get(i) for i in update_ids])
     retry_exc: Exception = task.retry(
-        args=[update_ids], countdown=countdown, max_retries=None,
+        args=[update_ids], kwargs={"owners": owners}, countdown=countdown, max_retries=None,
         exc=TransientFailure("transient failure"),
     )
     return retry_exc

@@ -30,16 +30,29 @@ BODY_MISSING = {
 }
 
 
-def owners_of(owners: object) -> dict[str, tuple[str, str]]:
-    """Return the well-formed entries of a task's `owners`: update id to (account, contact)."""
-    if not isinstance(owners, dict):
+def owners_of(update_ids: object, owners: object) -> dict[str, tuple[str, str]]:
+    """Return update id to (account, contact) from a task's arguments (`owners_argument`),
+    for each well-formed entry."""
+    if not isinstance(owners, dict) or not isinstance(update_ids, list):
         return {}
-    return {
-        update_id: (owner[0], owner[1])
-        for update_id, owner in owners.items()
-        if isinstance(owner, list) and len(owner) == 2
-        and all(isinstance(part, str) for part in owner) and ACCOUNT_ID.fullmatch(owner[0])
-    }
+    accounts, contacts = owners.get("accounts"), owners.get("contacts")
+    if not isinstance(accounts, list) or not isinstance(contacts, list):
+        return {}
+    if len(contacts) != len(update_ids):
+        return {}
+    found = {}
+    for update_id, entry in zip(update_ids, contacts, strict=True):
+        if not (isinstance(update_id, str) and isinstance(entry, list) and len(entry) == 2):
+            continue
+        index, contact_id = entry
+        if type(index) is not int or not 0 <= index < len(accounts):
+            continue
+        account_id = accounts[index]
+        if isinstance(account_id, str) and ACCOUNT_ID.fullmatch(account_id) and isinstance(
+            contact_id, str
+        ):
+            found[update_id] = (account_id, contact_id)
+    return found
 
 
 def lost_updates(

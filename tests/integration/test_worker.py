@@ -393,7 +393,7 @@ def test_argsrepr_names_ids_and_fields_but_no_values(stack: Stack) -> None:
     assert headers["kwargsrepr"] == "{}"
     args, kwargs, _ = orjson.loads(base64.b64decode(message["body"]))
     # The owner, ids only: what a worker needs to record the update if its body is lost.
-    owners = {update.update_id: [tenant.account_id, contact_id]}
+    owners = {"accounts": [tenant.account_id], "contacts": [[0, contact_id]]}
     assert (args, kwargs) == ([[update.update_id]], {"owners": owners})
     for value in [*secrets, "vip-tag-marker"]:
         assert value.encode() not in raw
