@@ -43,7 +43,7 @@ class GatewayApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "PUT":
-            match = CONTACT_PATH.match(scope["path"])
+            match = CONTACT_PATH.fullmatch(scope["path"])
             if match is not None:
                 scope["app"] = self.api  # what FastAPI would set: the request reaches its state
                 contact_id = match["contact_id"]

@@ -80,7 +80,7 @@ def _allowed_methods(request: Request) -> str | None:
             table.append((pattern, sorted(m.upper() for m in operations)))
         request.app.state.allow_table = table
     for pattern, methods in table:
-        if pattern.match(request.url.path):
+        if pattern.fullmatch(request.url.path):
             return ", ".join(methods)
     return None
 

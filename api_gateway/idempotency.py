@@ -28,7 +28,7 @@ def of_request(request: Request, method: str, body: Any) -> Idempotency | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
-    if len(key) > MAX_KEY or not _KEY.match(key):
+    if len(key) > MAX_KEY or not _KEY.fullmatch(key):
         raise ValidationFailed({"Idempotency-Key": "must be " + HELP.split(";")[0]})
     return Idempotency.of(key, method, request.url.path, body)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
+from typing import Any
 
 from redis import Redis
 from sqlalchemy import select
@@ -19,9 +20,13 @@ from contactsync.updates import AcceptedUpdate
 
 
 def park(
-    session: Session, failures: Sequence[tuple[AcceptedUpdate, dict[str, str]]], now: datetime
+    session: Session, failures: Sequence[tuple[AcceptedUpdate, dict[str, str]]], now: datetime,
+    bodies: Mapping[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Keep failed updates, in the caller's transaction, until someone replays them."""
+    """Keep failed updates, in the caller's transaction, until someone replays them.
+
+    `bodies` keeps an update's body as it came where its columns hold values made to fit.
+    """
     for update, error in failures:
         # Lock and re-read the letter: a replay of it may be committing right now, and parking
         # again must win over its `replayed_at`, never be silently overwritten by it.
@@ -34,7 +39,7 @@ def park(
         letter.account_id = update.account_id
         letter.contact_id = update.contact_id
         letter.queue = update.queue
-        letter.body = asdict(update)
+        letter.body = (bodies or {}).get(update.update_id) or asdict(update)
         letter.error = error
         letter.failed_at = now
         letter.replayed_at = None

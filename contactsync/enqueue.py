@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from contactsync import names, scripts
 from contactsync.celery_message import build_task_message, queue_list_key
 from contactsync.timeutil import isoformat, utcnow
-from contactsync.updates import AcceptedUpdate, task_argsrepr
+from contactsync.updates import AcceptedUpdate, owners_argument, task_argsrepr
 
 log = logging.getLogger("contactsync.gateway")
 
@@ -137,12 +137,16 @@ def idempotency_record(
 
 
 def task_message(queue: str, updates: list[AcceptedUpdate], origin: str) -> bytes:
-    """Return one apply task message naming these updates by id only."""
+    """Return one apply task message naming these updates by id, with each one's owner.
+
+    The owners (account and contact ids, no personal data) let a worker record an update whose
+    stored body was lost as `failed`, where its account can read it, instead of dropping it.
+    """
     return build_task_message(
         task_name=names.APPLY_TASK,
         task_id=str(uuid.uuid4()),
         args=[[u.update_id for u in updates]],
-        kwargs={},
+        kwargs={"owners": owners_argument([(u.account_id, u.contact_id) for u in updates])},
         queue=queue,
         argsrepr=task_argsrepr(updates),
         kwargsrepr="{}",

@@ -36,10 +36,12 @@ MAX_CUSTOM_FIELDS_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_ITEMS = 1000
 MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
-CONTACT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Every guard on input is a full match (`re.fullmatch`): with `re.match`, `$` also matches
+# before a final newline, and `cnt_…\n` was queued, then failed in the database forever.
+CONTACT_ID_PATTERN = re.compile(r"cnt_[a-z0-9]{12}")
 SOURCES = ("linkedin", "csv", "crm", "api", "manual", "other")
 
-_PHONE = re.compile(r"^[0-9 +\-().]+$")
+_PHONE = re.compile(r"[0-9 +\-().]+")
 # The OpenAPI document states each rule as exactly as JSON Schema can (Schemathesis holds the
 # gateway to it). Limits count characters after trimming; NUL is refused in every string.
 MAX_SAFE_INTEGER = 2**53 - 1  # larger integers lose precision in JavaScript clients
@@ -71,7 +73,7 @@ def _email(value: str) -> str:
 def _phone(value: str) -> str:
     if len(value) > 32:
         raise ValueError("must be at most 32 characters")
-    if not _PHONE.match(value):
+    if not _PHONE.fullmatch(value):
         raise ValueError("may hold only digits, spaces and + - ( ) .")
     if sum(ch.isdigit() for ch in value) < 5:
         raise ValueError("must hold at least 5 digits")
@@ -247,7 +249,7 @@ class ErrorBody(BaseModel):
 class BatchItem(ContactUpdate):
     """One item of a batch update: the contact's id and the fields to change."""
 
-    id: Annotated[str, Field(pattern=CONTACT_ID_PATTERN.pattern)]
+    id: Annotated[str, Field(pattern=f"^{CONTACT_ID_PATTERN.pattern}$")]
 
 
 _BATCH_ITEMS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,3 +60,15 @@ def task_argsrepr(updates: list[AcceptedUpdate]) -> str:
     parts = [f"{u.contact_id} {u.update_id} [{','.join(u.changed_field_names())}]" for u in updates]
     text = "; ".join(parts)
     return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 1] + "…"
+
+
+def owners_argument(owners: Sequence[tuple[str, str] | None]) -> dict[str, Any]:
+    """Return a task's `owners` argument: per update id of its message, in order, the index of
+    its account in `accounts` and its contact id (null when unknown). Compact, since a message's
+    updates mostly share one account."""
+    accounts: dict[str, int] = {}
+    contacts = [
+        None if owner is None else [accounts.setdefault(owner[0], len(accounts)), owner[1]]
+        for owner in owners
+    ]
+    return {"accounts": list(accounts), "contacts": contacts}

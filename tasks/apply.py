@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
@@ -15,10 +15,17 @@ from contactsync.apply import Outcome, apply_batch, record_failures
 from contactsync.dead_letters import park
 from contactsync.errors import TransientFailure
 from contactsync.timeutil import isoformat, utcnow
-from contactsync.updates import AcceptedUpdate
+from contactsync.updates import AcceptedUpdate, owners_argument
+from tasks.lost_bodies import BODY_MISSING, lost_updates, owners_of, record_lost
 from tasks.retry import backoff_seconds, is_transient
 from tasks.runtime import Runtime, get_runtime
-from tasks.validation import BadMessage, RefusedPatch, checked_update_ids, parse_stored_update
+from tasks.validation import (
+    BadMessage,
+    RefusedPatch,
+    checked_update_ids,
+    parse_stored_update,
+    storable,
+)
 from worker import metrics as worker_metrics
 from worker.app import app
 
@@ -35,19 +42,31 @@ class BatchResult:
 @app.task(  # type: ignore[untyped-decorator]
     name=names.APPLY_TASK, bind=True, acks_late=True, reject_on_worker_lost=True
 )
-def apply_updates(self: Task, update_ids: list[str]) -> dict[str, int]:
-    """Apply accepted updates by id; return counts by status (no personal data)."""
+def apply_updates(
+    self: Task, update_ids: list[str], owners: object = None
+) -> dict[str, int]:
+    """Apply accepted updates by id; return counts by status (no personal data).
+
+    `owners` names each update's account and contact id, for one whose body was lost.
+    """
+    owned = owners_of(update_ids, owners)
     # Bad messages (tasks/validation.py): a malformed argument is refused once, not retried.
     update_ids = checked_update_ids(update_ids)
     if not update_ids:
         return {}
     runtime = get_runtime()
     try:
-        updates, refused = load_updates(runtime, update_ids)
+        updates, refused, missing = load_updates(runtime, update_ids)
+        queue = (self.request.delivery_info or {}).get("routing_key") or names.UPDATES_QUEUE
+        lost = lost_updates(runtime, missing, owned, queue)
+        if lost:
+            record_lost(runtime, lost)
     except Exception as exc:
         if not is_transient(exc):
             raise
         raise retry(self, runtime, update_ids) from exc
+    if lost:
+        finish(runtime, [Outcome(u, "failed", error=dict(BODY_MISSING)) for u in lost])
     result = apply_with_fallback(runtime, updates)
     result.permanent += refused
     exhausted = self.request.retries >= runtime.settings.max_retries
@@ -66,19 +85,20 @@ def apply_updates(self: Task, update_ids: list[str]) -> dict[str, int]:
     for outcome in result.outcomes:
         key = "duplicate" if outcome.duplicate else outcome.status
         counts[key] = counts.get(key, 0) + 1
-    if result.permanent:
-        counts["failed"] = counts.get("failed", 0) + len(result.permanent)
+    if result.permanent or lost:
+        counts["failed"] = counts.get("failed", 0) + len(result.permanent) + len(lost)
     return counts
 
 
 def load_updates(
     runtime: Runtime, update_ids: Sequence[str]
-) -> tuple[list[AcceptedUpdate], list[tuple[AcceptedUpdate, dict[str, str]]]]:
-    """Read the bodies the gateway stored; return those to apply, and those to park at once.
+) -> tuple[list[AcceptedUpdate], list[tuple[AcceptedUpdate, dict[str, str]]], list[str]]:
+    """Read the bodies the gateway stored; return those to apply, those to park at once, and
+    the ids with no body.
 
-    A missing body was finished by an earlier delivery. A body whose patch this worker refuses
-    is parked as `failed` with the reason; one that does not even say which update it is can
-    only be logged.
+    A missing body was finished by an earlier delivery, or lost (tasks/lost_bodies.py). A body
+    whose patch or contact id this worker refuses is parked as `failed` with the reason; one
+    that does not even say which update it is can only be logged.
     """
     # An id listed twice is one update: applied one by one, it would fail (or be parked) twice.
     update_ids = list(dict.fromkeys(update_ids))
@@ -105,7 +125,7 @@ def load_updates(
             unreadable.append(update_id)
     if unreadable:  # no longer pending: queueing it again would only log this again
         runtime.redis.zrem(names.PENDING_KEY, *unreadable)
-    return updates, refused
+    return updates, refused, missing
 
 
 def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> BatchResult:
@@ -163,9 +183,9 @@ def park_failures(
 ) -> list[tuple[AcceptedUpdate, dict[str, str]]]:
     """Record `failed` and park as dead letters; return those parked.
 
-    While the database is down, keep retrying. A failure that cannot be recorded at all (its
-    body holds what no column takes, as a sequence past BIGINT) must not take the others, or
-    the task, down with it: it is logged and its body left in Redis, as an unreadable one is.
+    While the database is down, keep retrying. A failure whose own values the database refuses
+    (a contact id too long for its column, a sequence past BIGINT) must not take the others, or
+    the task, down with it, nor come back forever: it is parked alone, its columns made to fit.
     """
     try:
         _park(runtime, failures)
@@ -174,8 +194,7 @@ def park_failures(
         if is_transient(exc):
             raise retry(task, runtime, [u.update_id for u, _ in failures]) from exc
         if len(failures) == 1:
-            _log_unparkable(failures[0][0], exc)
-            return []
+            return _park_storable(task, runtime, failures[0], exc)
     parked, again = [], []
     for failure in failures:
         try:
@@ -185,25 +204,48 @@ def park_failures(
             if is_transient(exc):
                 again.append(failure[0].update_id)
             else:
-                _log_unparkable(failure[0], exc)
+                parked += _park_storable(task, runtime, failure, exc, again)
     if again:
         finish(runtime, [Outcome(u, "failed", error=e) for u, e in parked])
         raise retry(task, runtime, again)
     return parked
 
 
-def _park(runtime: Runtime, failures: list[tuple[AcceptedUpdate, dict[str, str]]]) -> None:
+def _park(
+    runtime: Runtime, failures: list[tuple[AcceptedUpdate, dict[str, str]]],
+    bodies: dict[str, dict[str, Any]] | None = None,
+) -> None:
     with runtime.db.unit_of_work() as session:
         now = utcnow()
         record_failures(session, failures, now)
-        park(session, failures, now)
+        park(session, failures, now, bodies)
 
 
-def _log_unparkable(update: AcceptedUpdate, exc: BaseException) -> None:
-    log.error(
-        "update %s failed and could not be recorded (%s); its body stays in Redis",
-        update.update_id, _describe(exc),
-    )
+def _park_storable(
+    task: Task, runtime: Runtime, failure: tuple[AcceptedUpdate, dict[str, str]],
+    refused: BaseException, again: list[str] | None = None,
+) -> list[tuple[AcceptedUpdate, dict[str, str]]]:
+    """Park one failure whose values the database refused, as `storable` makes them; the dead
+    letter keeps the body as it came. Return it as parked, or nothing when even that fails."""
+    update, error = failure
+    log.warning("update %s failed and could not be recorded as it is (%s); recording it with "
+                "its columns made to fit", update.update_id, _describe(refused))
+    fitted = storable(update)
+    try:
+        _park(runtime, [(fitted, error)], {update.update_id: asdict(update)})
+        return [(update, error)]
+    except Exception as exc:
+        if not is_transient(exc):
+            # Not expected once the columns fit. Never queued again: out of the pending set,
+            # its body left in Redis for an operator.
+            log.error("update %s failed and could not be recorded (%s); its body stays in "
+                      "Redis", update.update_id, _describe(exc))
+            runtime.redis.zrem(names.PENDING_KEY, update.update_id)
+            return []
+        if again is None:
+            raise retry(task, runtime, [update.update_id]) from exc
+        again.append(update.update_id)
+        return []
 
 
 def finish(runtime: Runtime, outcomes: list[Outcome]) -> None:
@@ -264,8 +306,12 @@ def retry(task: Task, runtime: Runtime, update_ids: list[str]) -> Exception:
     exhaust it are parked, and the ones that cannot be parked yet keep waiting.
     """
     countdown = backoff_seconds(task.request.retries, runtime.settings.retry_backoff_max_seconds)
+    # The owners follow their updates: the retry may name fewer of them.
+    first = task.request.args[0] if task.request.args else None
+    owned = owners_of(first, (task.request.kwargs or {}).get("owners"))
+    owners = owners_argument([owned.get(i) for i in update_ids])
     retry_exc: Exception = task.retry(
-        args=[update_ids], countdown=countdown, max_retries=None,
+        args=[update_ids], kwargs={"owners": owners}, countdown=countdown, max_retries=None,
         exc=TransientFailure("transient failure"),
     )
     return retry_exc

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from contactsync import names
-from contactsync.schemas import CONTACT_ID_PATTERN, STRING_FIELDS
+from contactsync.schemas import STRING_FIELDS
+from contactsync.timeutil import isoformat, parse_iso, utcnow
 from contactsync.updates import AcceptedUpdate
 
 log = logging.getLogger("contactsync.worker")
 
-UPDATE_ID = re.compile(r"^upd_[A-Za-z0-9]{1,64}$")
+# Full matches, each bounded by its column: an id that fits no row could never be recorded.
+# Ids that only older gateways or tests make (`cnt_x`) still pass: they end `not_found`.
+UPDATE_ID = re.compile(r"upd_[A-Za-z0-9]{1,36}")
+ACCOUNT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+STORED_CONTACT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_SEQ = 2**63 - 1  # BIGINT
 MAX_IDS_PER_MESSAGE = 10_000
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "update_id": str, "account_id": str, "contact_id": str, "seq": int, "received_at": str,
@@ -34,10 +41,10 @@ class BadMessage(ValueError):
 
 
 class RefusedPatch(BadMessage):
-    """A stored body naming its update well, with a patch this worker cannot apply.
+    """A stored body naming its update and account well, that this worker cannot apply.
 
-    As after a newer gateway's deploy: the update can still be recorded `failed` and parked,
-    to be replayed once a worker that knows the patch runs.
+    A patch from a newer gateway, or a contact id no contact can have: the update can still be
+    recorded `failed` and parked, to be replayed once a worker that knows the patch runs.
     """
 
     def __init__(self, reason: str, update: AcceptedUpdate) -> None:
@@ -55,7 +62,7 @@ def checked_update_ids(update_ids: object) -> list[str]:
         log.error("rejected task message: %d update ids, at most %d", len(update_ids),
                   MAX_IDS_PER_MESSAGE)
         return []
-    good = [i for i in update_ids if isinstance(i, str) and UPDATE_ID.match(i)]
+    good = [i for i in update_ids if isinstance(i, str) and UPDATE_ID.fullmatch(i)]
     if len(good) < len(update_ids):
         log.error("rejected %d malformed update ids in a task message",
                   len(update_ids) - len(good))
@@ -78,12 +85,14 @@ def parse_stored_update(raw: bytes | str) -> AcceptedUpdate:
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise BadMessage(f"the stored body has unknown fields ({', '.join(unknown[:5])})")
-    if not UPDATE_ID.match(data["update_id"]) or not CONTACT_ID_PATTERN.match(data["contact_id"]):
+    if not UPDATE_ID.fullmatch(data["update_id"]) or not ACCOUNT_ID.fullmatch(data["account_id"]):
         raise BadMessage("the stored body's ids are malformed")
     if data["queue"] not in _QUEUES:
         raise BadMessage("the stored body names an unknown queue")
     update = AcceptedUpdate(**data)
     try:
+        if not STORED_CONTACT_ID.fullmatch(data["contact_id"]):
+            raise BadMessage("the stored body's contact id is malformed")
         _check_patch(data["patch"])
     except BadMessage as exc:
         raise RefusedPatch(str(exc), update) from None
@@ -104,3 +113,22 @@ def _check_patch(patch: dict[str, Any]) -> None:
             raise BadMessage(f"the patch has an unknown field ({field[:64]!r})")
         if not ok:
             raise BadMessage(f"the patch's {field!r} has the wrong type")
+
+
+def storable(update: AcceptedUpdate) -> AcceptedUpdate:
+    """Return `update` with every value its record keeps in a typed column made to fit one.
+
+    For an update whose own values the database refuses (a contact id too long, a sequence past
+    BIGINT): it is still recorded `failed`, under its id and account, which always fit.
+    """
+    try:
+        parse_iso(update.received_at)
+        received_at = update.received_at
+    except ValueError:
+        received_at = isoformat(utcnow())
+    return replace(
+        update,
+        contact_id=update.contact_id if STORED_CONTACT_ID.fullmatch(update.contact_id) else "",
+        seq=update.seq if 0 <= update.seq <= MAX_SEQ else 0,
+        received_at=received_at,
+    )

@@ -87,8 +87,14 @@ async def batch_update(request: Request, principal: Writer, gateway: GatewayDep)
             continue
         fields = dict(item)
         contact_id = fields.pop("id", None)
-        if not isinstance(contact_id, str) or not CONTACT_ID_PATTERN.match(contact_id):
+        if not isinstance(contact_id, str):
             results[index] = _item_error(index, contact_id, {"id": "A contact id is required."})
+            continue
+        if not CONTACT_ID_PATTERN.fullmatch(contact_id):
+            # No contact can have this id: refused here, as PUT refuses it, never queued.
+            results[index] = {"index": index, "id": contact_id, "error": {
+                "code": "NOT_FOUND", "message": "Contact not found.", "details": {},
+            }}
             continue
         try:
             patch = parse_body(ContactUpdate, fields).patch()

@@ -90,7 +90,7 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
         request.app.state.backlog.check(principal.account_id)
         body = await read_json(request)
         patch = parse_body(ContactUpdate, body).patch()
-        if not CONTACT_ID_PATTERN.match(contact_id):
+        if not CONTACT_ID_PATTERN.fullmatch(contact_id):
             raise NotFound("Contact not found.")
         idem = idempotency.of_request(request, "PUT", body)
     except ClientError:

@@ -58,7 +58,7 @@ def _instant(text: str) -> datetime:
 )
 async def read_contact(contact_id: str, principal: Reader, gateway: GatewayDep) -> JSONResponse:
     """Return one contact of the caller's account."""
-    if not CONTACT_ID_PATTERN.match(contact_id):
+    if not CONTACT_ID_PATTERN.fullmatch(contact_id):
         raise NotFound("Contact not found.")  # before the database: NUL, huge, ...
 
     def load() -> dict[str, Any] | None:
@@ -160,7 +160,7 @@ async def create(request: Request, principal: Writer, gateway: GatewayDep) -> JS
 )
 async def delete(contact_id: str, principal: Deleter, gateway: GatewayDep) -> JSONResponse:
     """Delete a contact; emits `contact.deleted`, and its queued updates end `not_found`."""
-    if not CONTACT_ID_PATTERN.match(contact_id):
+    if not CONTACT_ID_PATTERN.fullmatch(contact_id):
         raise NotFound("Contact not found.")
 
     def remove() -> bool:

@@ -19,7 +19,7 @@ from contactsync.schemas import UpdateRecordEnvelope
 from contactsync.timeutil import isoformat
 from contactsync.updates import AcceptedUpdate
 
-UPDATE_ID = re.compile(r"^upd_[A-Za-z0-9]{1,64}$")
+UPDATE_ID = re.compile(r"upd_[A-Za-z0-9]{1,36}")  # fits update_records.update_id
 
 router = APIRouter(prefix="/external/v1", tags=["updates"])
 
@@ -46,12 +46,15 @@ def record_to_dict(record: UpdateRecord) -> dict[str, Any]:
 )
 async def read_update(update_id: str, principal: Reader, gateway: GatewayDep) -> JSONResponse:
     """Return the status of one accepted update."""
-    if not UPDATE_ID.match(update_id):
+    if not UPDATE_ID.fullmatch(update_id):
         raise NotFound("Update not found.")  # before Redis and the database
     # Redis first: a worker records the update in the database before dropping its body.
     raw = await gateway.redis.get(names.update_body_key(update_id))
     if raw is not None:
-        update = AcceptedUpdate.from_json(raw)
+        try:
+            update = AcceptedUpdate.from_json(raw)
+        except (TypeError, ValueError):  # a corrupt body: it cannot show whose it is
+            raise NotFound("Update not found.") from None
         if update.account_id == principal.account_id:
             return ok(update.queued_record())
         raise NotFound("Update not found.")

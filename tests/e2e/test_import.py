@@ -82,7 +82,7 @@ def test_a_csv_updates_contacts_and_writes_its_rejected_rows(
     rows[10][3] = "not-an-email"  # line 12: rejected by the endpoint
     rows[20][0] = ""  # line 22: no id, rejected before sending
     rows[30] = rows[30][:2]  # line 32: too few cells
-    rows[40][0] = "has spaces"  # line 42: not a contact id
+    rows[40][0] = "has spaces"  # line 42: no contact can have this id
     path = write_csv(tmp_path / "people.csv", rows)
 
     status = main(["import", str(path), "--api-key", tenant.key, "--batch-size", "100"])
@@ -95,7 +95,7 @@ def test_a_csv_updates_contacts_and_writes_its_rejected_rows(
     rejects = rejects_of(tmp_path / "people.csv.rejected.jsonl")
     assert [(r["line"], r["id"], r["error"]["code"]) for r in rejects] == [
         (12, ids[10], "VALIDATION_ERROR"), (22, None, "INVALID_ROW"),
-        (32, ids[30], "INVALID_ROW"), (42, "has spaces", "VALIDATION_ERROR"),
+        (32, ids[30], "INVALID_ROW"), (42, "has spaces", "NOT_FOUND"),
     ]
     assert set(rejects[0]["error"]["details"]["fields"]) == {"email"}
     assert not (tmp_path / "people.csv.import-state.json").exists()

@@ -165,7 +165,10 @@ def test_task_messages_carry_ids_only(stack: Stack, tmp_path: Path) -> None:
             assert_absent("a task message", raw, forbidden)
             assert_absent("a task message's body", body, forbidden)
             args, kwargs, _ = orjson.loads(body)
-            assert kwargs == {} and all(i.startswith("upd_") for i in args[0])
+            assert all(i.startswith("upd_") for i in args[0])
+            # Beside them, each update's owner, ids only (to record a lost body's update).
+            owners = {"accounts": [tenant.account_id], "contacts": [[0, contact_id]] * len(args[0])}
+            assert kwargs == {"owners": owners}
             assert contact_id in envelope["headers"]["argsrepr"]
         # The bodies themselves wait in Redis until applied: that is where the data is.
         update_id = put.json()["data"]["update_id"]

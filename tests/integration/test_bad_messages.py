@@ -177,7 +177,9 @@ _MISSING = object()
         pytest.param({"patch": {"custom_fields": {"a": {"b": 1}}}},
                      "patch's 'custom_fields' has the wrong type", id="nested custom field"),
         pytest.param({"patch": {"source": "api"}}, "unknown field ('source')", id="unknown field"),
-        pytest.param({"contact_id": "x" * 100}, "ids are malformed", id="long contact id"),
+        pytest.param({"contact_id": "x" * 100}, "contact id is malformed", id="long contact id"),
+        pytest.param({"update_id": "upd_" + "x" * 40}, "ids are malformed", id="long update id"),
+        pytest.param({"account_id": "acc_x\n"}, "ids are malformed", id="account id newline"),
         pytest.param({"queue": "elsewhere"}, "unknown queue", id="unknown queue"),
         pytest.param({"v": 2}, "unknown fields (v)", id="a newer format"),
     ],
@@ -198,9 +200,9 @@ def test_a_bad_stored_body_is_refused_with_its_reason_and_others_apply(
     assert reason in log
     assert contact(stack.db, contact_id)["company"] is None
     assert contact(stack.db, contact_id)["position"] == "CTO"
-    if isinstance(changes.get("patch"), dict):
-        # The body says which update it is: recorded `failed` and parked, to be replayed
-        # once a worker that takes this patch runs.
+    if isinstance(changes.get("patch"), dict) or "contact_id" in changes:
+        # The body says which update it is and whose: recorded `failed` and parked, to be
+        # replayed once a worker that takes this patch runs.
         assert f"refusing update {bad.update_id}: " in log
         record = wait_until(lambda: records(stack.db, [bad.update_id]).get(bad.update_id))
         assert record.status == "failed"
