@@ -21,8 +21,8 @@ from api_gateway.routes import batch, contact_update, contacts, health, updates
 from api_gateway.state import Gateway
 from api_gateway.waiter import ResultWaiter
 from contactsync.db import Database
-from contactsync.enqueue import Enqueuer
 from contactsync.logs import configure as configure_logging
+from contactsync.queue.accept import Enqueuer
 from contactsync.settings import Settings, get_settings
 
 

@@ -28,8 +28,8 @@ from redis.asyncio import Redis
 
 from api_gateway.background import cancel_and_wait
 from contactsync import names
-from contactsync.celery_message import queue_list_key
 from contactsync.errors import ServiceUnavailable
+from contactsync.queue.wire import queue_list_key
 
 log = logging.getLogger("contactsync.gateway")
 

@@ -21,8 +21,8 @@ from api_gateway.backlog import BacklogGauge, refusal
 from api_gateway.ratelimit import RateLimiter
 from api_gateway.responses import JSONResponse
 from api_gateway.state import Gateway
-from contactsync.enqueue import Accepted, BacklogRefused, Idempotency, Replayed, Submission
 from contactsync.keys import Principal
+from contactsync.queue.accept import Accepted, BacklogRefused, Idempotency, Replayed, Submission
 from contactsync.updates import AcceptedUpdate
 
 Result = dict[str, Any]

@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import Request
 
 from api_gateway.responses import JSONResponse
-from contactsync.enqueue import Idempotency
 from contactsync.errors import Conflict, IdempotencyKeyReused, ValidationFailed
+from contactsync.queue.accept import Idempotency
 
 MAX_KEY = 255
 # Visible ASCII, spaces inside only: what survives every proxy and HTTP parser unchanged.

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 
 from api_gateway.background import cancel_and_wait
-from contactsync.enqueue import Enqueuer, Outcome, Submission
+from contactsync.queue.accept import Enqueuer, Outcome, Submission
 
 log = logging.getLogger("contactsync.gateway")
 

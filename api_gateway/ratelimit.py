@@ -4,7 +4,7 @@ The script (contactsync/lua/token_bucket.lua) refills each bucket from the time 
 takes a token if there is one, and answers what the `X-RateLimit-*` headers need. Requests
 that arrive together share one EVALSHA: under load a round trip per request would cost more
 than everything else the request does. The contact PUT spends its token in the accept
-script instead (contactsync/enqueue.py), in the same round trip that queues its update.
+script instead (contactsync/queue/accept.py), in the same round trip that queues its update.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from contactsync import names, scripts
-from contactsync.enqueue import BucketState, RateLimit
 from contactsync.errors import RateLimited
+from contactsync.queue.accept import BucketState, RateLimit
 
 BURST_FACTOR = 2  # a bucket holds twice the rate: a key may burst to 2 seconds' worth at once
 UPDATE_BURST_FACTOR = 10  # an update bucket holds ten seconds' worth...

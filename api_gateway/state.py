@@ -12,7 +12,7 @@ from api_gateway.key_cache import KeyCache
 from api_gateway.publisher import Publisher
 from api_gateway.waiter import ResultWaiter
 from contactsync.db import Database
-from contactsync.enqueue import Enqueuer
+from contactsync.queue.accept import Enqueuer
 from contactsync.settings import Settings
 
 

@@ -16,9 +16,9 @@ from redis.asyncio import Redis as AsyncRedis
 
 from bench import load, services
 from contactsync import names
-from contactsync.celery_message import build_task_message
-from contactsync.enqueue import Enqueuer, Submission
 from contactsync.ids import new_update_id
+from contactsync.queue.accept import Enqueuer, Submission
+from contactsync.queue.wire import build_task_message
 from contactsync.settings import Settings
 
 

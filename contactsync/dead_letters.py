@@ -12,9 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from contactsync import names
-from contactsync.celery_message import queue_list_key
-from contactsync.enqueue import task_message
 from contactsync.models import DeadLetter
+from contactsync.queue.accept import task_message
+from contactsync.queue.wire import queue_list_key
 from contactsync.timeutil import utcnow
 from contactsync.updates import AcceptedUpdate
 

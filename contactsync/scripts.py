@@ -1,4 +1,4 @@
-"""The Lua scripts Redis runs for us, read from `contactsync/lua/`."""
+"""The Lua scripts Redis runs for us, read from `contactsync/lua/` (and `queue/accept.lua`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ def _read(name: str) -> str:
 
 
 _TOKEN_BUCKET = _read("token_bucket.lua")
-# Each takes rate-limit tokens: each is the bucket functions followed by its own body.
-ACCEPT = _TOKEN_BUCKET + _read("accept.lua")
+# Each takes rate-limit tokens: each is the bucket functions followed by its own body. The
+# gateway's accept script lives beside its caller, in contactsync/queue/.
+ACCEPT = _TOKEN_BUCKET + resources.files("contactsync.queue").joinpath("accept.lua").read_text()
 RATE_LIMIT = _TOKEN_BUCKET + _read("rate_limit.lua")
 TAKE_TOKENS = _TOKEN_BUCKET + _read("take_tokens.lua")
 PUBLISH_EVENTS = _read("publish_events.lua")

@@ -13,13 +13,14 @@ from collections.abc import Iterator
 from redis import Redis
 from sqlalchemy import delete, select
 
-from contactsync import account_backlog, names, scripts
+from contactsync import names, scripts
 from contactsync.db import Database
-from contactsync.enqueue import requeue_orphans
 from contactsync.logs import configure
 from contactsync.models import OutboxEvent
+from contactsync.queue.accept import requeue_orphans
 from contactsync.settings import Settings, get_settings
 from contactsync.supervise import exit_with_parent
+from tasks import account_backlog
 from tasks.retry import backoff_seconds
 from worker.app import sweep_interval
 
@@ -72,7 +73,7 @@ def chunks_by_size(payloads: list[str], max_bytes: int) -> Iterator[list[str]]:
 
 def requeue_lost(redis: Redis, settings: Settings) -> int:
     """Queue again the updates whose task message a dead worker took with it; return how many.
-    Then correct the accounts' backlog counts (contactsync/account_backlog.py).
+    Then correct the accounts' backlog counts (tasks/account_backlog.py).
 
     One relay at a time does it, at most once per sweep interval (a lock key that expires).
     """

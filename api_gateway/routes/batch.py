@@ -14,10 +14,10 @@ from api_gateway.body import read_json
 from api_gateway.responses import JSONResponse, error_responses
 from api_gateway.state import GatewayDep
 from contactsync import names
-from contactsync.enqueue import Submission
 from contactsync.errors import ValidationFailed
 from contactsync.ids import new_update_id
 from contactsync.keys import Principal
+from contactsync.queue.accept import Submission
 from contactsync.schemas import (
     CONTACT_ID_PATTERN,
     MAX_BATCH_BODY_BYTES,

@@ -18,15 +18,15 @@ from api_gateway.ratelimit import RateDecision, RateLimiter, refuse
 from api_gateway.responses import JSONResponse, error_responses
 from api_gateway.state import Gateway
 from contactsync import names
-from contactsync.enqueue import (
+from contactsync.errors import ClientError, NotFound
+from contactsync.ids import new_update_id
+from contactsync.queue.accept import (
     Accepted,
     BacklogRefused,
     RateRefused,
     Replayed,
     Submission,
 )
-from contactsync.errors import ClientError, NotFound
-from contactsync.ids import new_update_id
 from contactsync.schemas import (
     CONTACT_ID_PATTERN,
     ContactEnvelope,

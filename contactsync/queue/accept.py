@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contactsync import names, scripts
-from contactsync.celery_message import build_task_message, queue_list_key
+from contactsync.queue.wire import build_task_message, queue_list_key
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate, owners_argument, task_argsrepr
 

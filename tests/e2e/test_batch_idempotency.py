@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from contactsync import names
-from contactsync.enqueue import Idempotency, idempotency_record
 from contactsync.keys import create_key
+from contactsync.queue.accept import Idempotency, idempotency_record
 from tests.conftest import ALL_PERMISSIONS, Stack, make_contact
 from tests.e2e.helpers import (
     api,

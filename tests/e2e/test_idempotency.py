@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from contactsync import names
-from contactsync.enqueue import Idempotency, idempotency_record
+from contactsync.queue.accept import Idempotency, idempotency_record
 from tests.conftest import Stack, make_contact
 from tests.e2e.helpers import (
     ASYNC,

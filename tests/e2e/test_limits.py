@@ -12,8 +12,8 @@ import pytest
 from redis import Redis
 
 from contactsync import names
-from contactsync.celery_message import queue_list_key
 from contactsync.keys import create_key
+from contactsync.queue.wire import queue_list_key
 from tests.conftest import Stack, Tenant, make_contact
 from tests.e2e.gateways import extra_gateway
 from tests.e2e.helpers import (

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from contactsync import names
-from contactsync.celery_message import queue_list_key
+from contactsync.queue.wire import queue_list_key
 from tests.conftest import Stack, make_contact
 from tests.e2e.gateways import extra_gateway
 from tests.e2e.helpers import ASYNC, api, contact_path, new_tenant, settled_events

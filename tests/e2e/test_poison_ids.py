@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from contactsync import names
-from contactsync.celery_message import queue_list_key
+from contactsync.queue.wire import queue_list_key
 from tests.conftest import Stack, make_contact
 from tests.e2e.helpers import ASYNC, api, assert_error, contact_path, get_contact, new_tenant
 from tests.support import wait_until

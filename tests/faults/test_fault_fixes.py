@@ -17,8 +17,14 @@ from bench.faults.services import Stack, Tenant
 from contactsync import names
 from contactsync.apply import apply_batch
 from contactsync.db import Database
-from contactsync.enqueue import Enqueuer, Idempotency, Submission, requeue_orphans, task_message
 from contactsync.models import Contact, OutboxEvent
+from contactsync.queue.accept import (
+    Enqueuer,
+    Idempotency,
+    Submission,
+    requeue_orphans,
+    task_message,
+)
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
 from tasks.relay import run_relay

@@ -12,12 +12,12 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from contactsync import names
-from contactsync.celery_message import queue_list_key
 from contactsync.contacts import contact_to_dict
 from contactsync.db import Database
-from contactsync.enqueue import task_message
 from contactsync.ids import new_update_id
 from contactsync.models import Contact, DeadLetter, OutboxEvent, UpdateRecord
+from contactsync.queue.accept import task_message
+from contactsync.queue.wire import queue_list_key
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate
 

@@ -9,10 +9,11 @@ import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from contactsync import account_backlog, names
-from contactsync.celery_message import queue_list_key
-from contactsync.enqueue import Accepted, BacklogRefused, Enqueuer, Outcome, Submission
+from contactsync import names
+from contactsync.queue.accept import Accepted, BacklogRefused, Enqueuer, Outcome, Submission
+from contactsync.queue.wire import queue_list_key
 from contactsync.settings import Settings
+from tasks import account_backlog
 
 QUEUE = "tests.account-backlog"  # a queue no worker reads
 

@@ -16,9 +16,9 @@ import pytest
 from redis import Redis
 
 from contactsync import names
-from contactsync.celery_message import build_task_message, queue_list_key
-from contactsync.enqueue import task_message
 from contactsync.ids import new_account_id
+from contactsync.queue.accept import task_message
+from contactsync.queue.wire import build_task_message, queue_list_key
 from contactsync.updates import AcceptedUpdate
 from tests.conftest import Stack, make_contact, make_tenant
 from tests.e2e.gateways import private_redis

@@ -23,7 +23,7 @@ import redis
 from kombu.utils.json import loads as kombu_loads
 
 from contactsync import supervise
-from contactsync.celery_message import build_task_message, queue_list_key
+from contactsync.queue.wire import build_task_message, queue_list_key
 
 BROKER_URL = "redis://127.0.0.1:6379/13"
 QUEUE = "contactsync-message-test"

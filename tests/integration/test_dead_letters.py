@@ -12,9 +12,9 @@ from redis import Redis
 from sqlalchemy.exc import OperationalError
 
 from contactsync import dead_letters as dead
-from contactsync.celery_message import queue_list_key
 from contactsync.db import Database
 from contactsync.names import update_body_key
+from contactsync.queue.wire import queue_list_key
 from contactsync.timeutil import utcnow
 from tests.integration.apply_support import ORIGIN, accepted
 from tests.support import wait_blocked

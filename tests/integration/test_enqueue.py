@@ -1,4 +1,4 @@
-"""One flush, one script call (contactsync/lua/accept.lua), against a real Redis."""
+"""One flush, one script call (contactsync/queue/accept.lua), against a real Redis."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from contactsync import names
-from contactsync.celery_message import queue_list_key
-from contactsync.enqueue import (
+from contactsync.queue.accept import (
     Accepted,
     BacklogRefused,
     Enqueuer,
@@ -25,6 +24,7 @@ from contactsync.enqueue import (
     Replayed,
     Submission,
 )
+from contactsync.queue.wire import queue_list_key
 from contactsync.settings import Settings
 from contactsync.updates import AcceptedUpdate
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from contactsync import names
-from contactsync.celery_message import queue_list_key
 from contactsync.dead_letters import pending
-from contactsync.enqueue import task_message
 from contactsync.models import DeadLetter
+from contactsync.queue.accept import task_message
+from contactsync.queue.wire import queue_list_key
 from contactsync.updates import AcceptedUpdate
 from tests.conftest import Stack, make_contact, make_tenant
 from tests.integration.apply_support import ORIGIN, accepted, contact, records

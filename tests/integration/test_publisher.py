@@ -14,8 +14,8 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from api_gateway.publisher import Publisher
-from contactsync.celery_message import queue_list_key
-from contactsync.enqueue import Accepted, Enqueuer, Outcome, Submission
+from contactsync.queue.accept import Accepted, Enqueuer, Outcome, Submission
+from contactsync.queue.wire import queue_list_key
 from contactsync.settings import Settings
 
 QUEUE = "tests.publisher"  # no worker reads it

@@ -20,11 +20,11 @@ from sqlalchemy import select, text
 
 from contactsync import dead_letters as dead
 from contactsync import names
-from contactsync.celery_message import queue_list_key
 from contactsync.contacts import state_of
-from contactsync.enqueue import task_message
 from contactsync.merge import merge
 from contactsync.models import Contact
+from contactsync.queue.accept import task_message
+from contactsync.queue.wire import queue_list_key
 from contactsync.updates import AcceptedUpdate
 from tests.conftest import Stack, make_contact, make_tenant
 from tests.integration.apply_support import (
