@@ -17,19 +17,17 @@ updates are refused.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from collections.abc import Sequence
 
-import orjson
 from prometheus_client import Gauge
 from redis.asyncio import Redis
 
 from api_gateway.background import cancel_and_wait
 from contactsync import names
 from contactsync.errors import ServiceUnavailable
-from contactsync.queue.wire import queue_list_key
+from contactsync.queue.wire import queue_list_key, updates_in
 
 log = logging.getLogger("contactsync.gateway")
 
@@ -41,16 +39,6 @@ SAMPLE = 8  # messages read from each end of a queue when its length alone canno
 BACKLOG = Gauge(
     "contactsync_gateway_backlog_updates", "Updates the queues held at the last refresh"
 )
-
-
-def updates_in(message: bytes) -> int:
-    """Return how many updates one queued task message carries (1 if it cannot tell)."""
-    try:
-        envelope = orjson.loads(message)
-        args = orjson.loads(base64.b64decode(envelope["body"]))[0]
-        return max(1, len(args[0]))
-    except Exception:
-        return 1  # not ours, or not readable: count it as one
 
 
 def estimate(length: int, sample: Sequence[bytes]) -> int:

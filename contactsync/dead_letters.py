@@ -11,10 +11,8 @@ from redis import Redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from contactsync import names
 from contactsync.models import DeadLetter
-from contactsync.queue.accept import task_message
-from contactsync.queue.wire import queue_list_key
+from contactsync.queue.requeue import requeue
 from contactsync.timeutil import utcnow
 from contactsync.updates import AcceptedUpdate
 
@@ -67,13 +65,5 @@ def replay(session: Session, redis: Redis, update_ids: Sequence[str], origin: st
     # park it, and that must land after this mark (it waits for the row), not under it.
     session.flush()
     updates = [AcceptedUpdate(**{**d.body, "reply_to": None}) for d in letters]
-    seconds, micros = redis.time()
-    with redis.pipeline(transaction=True) as pipe:
-        for update in updates:
-            pipe.set(names.update_body_key(update.update_id), update.to_json())
-        # Pending again, as of now (not as of its sequence): see enqueue.requeue_orphans.
-        pipe.zadd(names.PENDING_KEY, {u.update_id: seconds * 1_000_000 + micros for u in updates})
-        for update in updates:
-            pipe.lpush(queue_list_key(update.queue), task_message(update.queue, [update], origin))
-        pipe.execute()
+    requeue(redis, updates, origin, store_bodies=True)  # one message each, as they failed
     return [u.update_id for u in updates]

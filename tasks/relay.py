@@ -17,7 +17,7 @@ from contactsync import names, scripts
 from contactsync.db import Database
 from contactsync.logs import configure
 from contactsync.models import OutboxEvent
-from contactsync.queue.accept import requeue_orphans
+from contactsync.queue.requeue import requeue_orphans
 from contactsync.settings import Settings, get_settings
 from contactsync.supervise import exit_with_parent
 from tasks import account_backlog

@@ -26,7 +26,7 @@ from kombu.utils.json import dumps, loads
 from redis import Redis
 
 from contactsync import names, scripts
-from contactsync.queue.accept import requeue_orphans
+from contactsync.queue.requeue import requeue_orphans
 
 log = logging.getLogger("contactsync.worker")
 

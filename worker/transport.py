@@ -8,6 +8,10 @@ A connection lost while the worker holds messages: see `QoS`.
 
 It also keeps a consuming channel's heartbeat and its claims, so that the messages of a worker
 that died come back within seconds (`worker/liveness.py`).
+
+It subclasses kombu's transport and uses its internals: after a kombu upgrade, check this
+module and `worker/liveness.py` beside the wire format (`contactsync/queue/wire.py`). It stays
+in `worker/` because it starts the heartbeat, which is worker-side (the core imports neither).
 """
 
 from __future__ import annotations

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import threading
 import time
-from typing import Any
 
-import orjson
 from redis import Redis
 from sqlalchemy import func, select
 
@@ -15,6 +12,7 @@ from bench.faults.oracle import FINISHED
 from contactsync import names
 from contactsync.db import Database
 from contactsync.models import UpdateRecord
+from contactsync.queue.wire import UNACKED_KEY, unacked_update_ids, update_ids
 from contactsync.settings import Settings
 
 # DESIGN §3: every update a dead worker had taken is applied within this of its death.
@@ -33,18 +31,12 @@ def held_updates(redis: Redis) -> tuple[list[str], int]:
         pipe.zrange(names.PENDING_KEY, 0, -1)
         for queue in queues:
             pipe.lrange(queue, 0, -1)
-        pipe.hvals("unacked")
+        pipe.hvals(UNACKED_KEY)
         pending, *lists, unacked = pipe.execute()
-    queued = {i for messages in lists for raw in messages for i in _named(orjson.loads(raw))}
-    # kombu stores an `unacked` entry as [message, exchange, routing key].
-    in_unacked = {i for raw in unacked for i in _named(orjson.loads(raw)[0])}
+    queued = {i for messages in lists for raw in messages for i in update_ids(raw)}
+    in_unacked = {i for raw in unacked for i in unacked_update_ids(raw)}
     held = [i.decode() for i in pending if i.decode() not in queued]
     return held, len(set(held) - in_unacked)
-
-
-def _named(message: dict[str, Any]) -> list[str]:
-    ids: list[str] = orjson.loads(base64.b64decode(message["body"]))[0][0]
-    return ids
 
 
 class RecoveryClock:

@@ -9,33 +9,25 @@ request path cheap.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
-import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import count
 from typing import Any
 
 import orjson
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contactsync import names, scripts
-from contactsync.queue.wire import build_task_message, queue_list_key
+from contactsync.queue.wire import queue_list_key, task_messages
 from contactsync.timeutil import isoformat, utcnow
-from contactsync.updates import AcceptedUpdate, owners_argument, task_argsrepr
+from contactsync.updates import AcceptedUpdate
 
 log = logging.getLogger("contactsync.gateway")
 
 IN_FLIGHT_SECONDS = 120
-# kombu's Redis transport keeps a message it handed to a worker here until it is acknowledged.
-UNACKED_KEY = "unacked"
-REQUEUE_BATCH = 200  # most updates in one task message queued again
-MAX_SCAN_MESSAGES = 10_000  # above this many messages waiting, no look for lost ones
 
 
 @dataclass(frozen=True)
@@ -134,39 +126,6 @@ def idempotency_record(
 ) -> bytes:
     """Return the stored form of an idempotency key: in flight until it has a response."""
     return orjson.dumps({"fingerprint": fingerprint, "update_id": update_id, "response": response})
-
-
-def task_message(queue: str, updates: list[AcceptedUpdate], origin: str) -> bytes:
-    """Return one apply task message naming these updates by id, with each one's owner.
-
-    The owners (account and contact ids, no personal data) let a worker record an update whose
-    stored body was lost as `failed`, where its account can read it, instead of dropping it.
-    """
-    return build_task_message(
-        task_name=names.APPLY_TASK,
-        task_id=str(uuid.uuid4()),
-        args=[[u.update_id for u in updates]],
-        kwargs={"owners": owners_argument([(u.account_id, u.contact_id) for u in updates])},
-        queue=queue,
-        argsrepr=task_argsrepr(updates),
-        kwargsrepr="{}",
-        origin=origin,
-    )
-
-
-def task_messages(
-    updates: list[AcceptedUpdate], max_batch: int, origin: str
-) -> list[tuple[str, bytes]]:
-    """Return (queue, message) pairs carrying these updates, at most `max_batch` each."""
-    by_queue: dict[str, list[AcceptedUpdate]] = {}
-    for update in updates:
-        by_queue.setdefault(update.queue, []).append(update)
-    messages = []
-    for queue, group in by_queue.items():
-        for start in range(0, len(group), max_batch):
-            chunk = group[start : start + max_batch]
-            messages.append((queue, task_message(queue, chunk, origin)))
-    return messages
 
 
 class Enqueuer:
@@ -307,99 +266,3 @@ class Enqueuer:
             log.warning("could not store the answer of update %s under its idempotency key "
                         "(%s)", update_id, type(exc).__name__)
 
-
-def _ids_named(envelope: Any) -> list[str]:
-    """Return the update ids an apply task message names (none for any other message)."""
-    try:
-        if envelope["headers"]["task"] != names.APPLY_TASK:
-            return []
-        ids = orjson.loads(base64.b64decode(envelope["body"]))[0][0]
-        return [i for i in ids if isinstance(i, str)]
-    except (KeyError, IndexError, TypeError, ValueError):
-        return []
-
-
-def requeue_orphans(
-    redis: SyncRedis, *, older_than_seconds: float, origin: str, limit: int = 5000,
-    max_scan: int = MAX_SCAN_MESSAGES, recheck_seconds: float = 0.5,
-) -> list[str]:
-    """Queue again every pending update that no task message names any more; return their ids.
-
-    kombu's Redis transport takes a message off its queue (BRPOP) and only then records it as
-    unacknowledged (HSET): a worker killed between the two takes the message with it, and no
-    visibility timeout brings it back. Its update is still pending, body and all, so an update
-    pending for longer than `older_than_seconds` that no message names, in a queue or in
-    `unacked`, gets a new message. A message queued twice by a race is harmless: applying is
-    idempotent. While the queues hold more than `max_scan` messages nothing is done: in a
-    backlog, old pending updates are most likely just waiting their turn, and reading every
-    message would cost more than waiting for the backlog to shrink.
-    """
-    seconds, micros = redis.time()
-    now = seconds * 1_000_000 + micros
-    cutoff = now - int(older_than_seconds * 1_000_000)
-    found: list[bytes] = redis.zrangebyscore(  # type: ignore[assignment]
-        names.PENDING_KEY, "-inf", cutoff, start=0, num=limit
-    )
-    candidates = [i.decode() for i in found]
-    if not candidates:
-        return []
-    keys = [key for queue in (names.UPDATES_QUEUE, names.BULK_QUEUE)
-            for key in _priority_lists(queue)]
-    with redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.llen(key)
-        pipe.hlen(UNACKED_KEY)
-        if sum(pipe.execute()) > max_scan:
-            return []
-    orphans = _not_named(redis, keys, candidates)
-    if orphans and recheck_seconds:
-        # A message being delivered is in neither place for a few milliseconds (between the
-        # BRPOP and the HSET): only what is still not named a moment later is lost.
-        time.sleep(recheck_seconds)
-        orphans = _not_named(redis, keys, orphans)
-    if not orphans:
-        return []
-    updates, finished = [], []
-    for update_id, raw in zip(orphans, redis.mget([names.update_body_key(i) for i in orphans]),
-                              strict=True):
-        try:
-            updates.append(AcceptedUpdate.from_json(raw or b""))
-        except (TypeError, ValueError):
-            finished.append(update_id)  # finished meanwhile, or unreadable: nothing to queue
-    with redis.pipeline(transaction=True) as pipe:
-        if finished:
-            pipe.zrem(names.PENDING_KEY, *finished)
-        if updates:
-            pipe.zadd(names.PENDING_KEY, {u.update_id: now for u in updates}, xx=True)
-        for queue, message in task_messages(updates, REQUEUE_BATCH, origin):
-            pipe.lpush(queue_list_key(queue), message)
-        pipe.execute()
-    return [u.update_id for u in updates]
-
-
-def _not_named(redis: SyncRedis, keys: list[str], update_ids: list[str]) -> list[str]:
-    """Return those of `update_ids` that no message in `keys` or in `unacked` names."""
-    with redis.pipeline(transaction=True) as pipe:  # one snapshot of every message
-        for key in keys:
-            pipe.lrange(key, 0, -1)
-        pipe.hvals(UNACKED_KEY)
-        *lists, unacked = pipe.execute()
-    named: set[str] = set()
-    for raw in (m for messages in lists for m in messages):
-        named.update(_ids_named(_loads(raw)))
-    for raw in unacked:  # kombu stores [message, exchange, routing key]
-        entry = _loads(raw)
-        named.update(_ids_named(entry[0] if isinstance(entry, list) and entry else None))
-    return [i for i in update_ids if i not in named]
-
-
-def _loads(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _priority_lists(queue: str) -> list[str]:
-    # kombu keeps messages of priority 3, 6 and 9 in lists of their own (a retry could use one).
-    return [queue_list_key(queue), *(f"{queue}\x06\x16{step}" for step in (3, 6, 9))]

@@ -1,17 +1,34 @@
-"""Build Celery protocol-2 task messages as kombu's Redis transport stores them, without Celery."""
+"""The queue's wire format: Celery protocol-2 task messages as kombu's Redis transport stores
+them, built and read without Celery, and the Redis keys kombu keeps them under.
+
+After a kombu or Celery upgrade this module is the one to check against them
+(tests/integration/test_celery_message.py compares its messages with `apply_async`'s), with
+worker/transport.py and worker/liveness.py, which extend kombu's transport itself.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import random
+import uuid
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-__all__ = ["build_task_message", "queue_list_key"]
+from contactsync import names
+from contactsync.updates import AcceptedUpdate, owners_argument, task_argsrepr
+
+__all__ = [
+    "UNACKED_KEY", "build_task_message", "priority_lists", "queue_list_key", "task_message",
+    "task_messages", "unacked_update_ids", "update_ids", "updates_in",
+]
+
+# kombu's Redis transport keeps a message it handed to a worker here until it is acknowledged,
+# as [message, exchange, routing key].
+UNACKED_KEY = "unacked"
 
 # Protocol-2 "embed" part for a plain task: no callbacks, errbacks, chain or chord.
 _EMBED: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -117,6 +134,12 @@ def queue_list_key(queue: str) -> str:
     return queue
 
 
+def priority_lists(queue: str) -> list[str]:
+    """Return every list kombu may keep a queue's messages in, priority 0 first."""
+    # kombu keeps messages of priority 3, 6 and 9 in lists of their own (a retry could use one).
+    return [queue_list_key(queue), *(f"{queue}\x06\x16{step}" for step in (3, 6, 9))]
+
+
 def build_task_message(
     *,
     task_name: str,
@@ -144,3 +167,76 @@ def build_task_message(
         dumps(queue),
         _delivery_tag(),
     )
+
+
+def task_message(queue: str, updates: list[AcceptedUpdate], origin: str) -> bytes:
+    """Return one apply task message naming these updates by id, with each one's owner.
+
+    The owners (account and contact ids, no personal data) let a worker record an update whose
+    stored body was lost as `failed`, where its account can read it, instead of dropping it.
+    """
+    return build_task_message(
+        task_name=names.APPLY_TASK,
+        task_id=str(uuid.uuid4()),
+        args=[[u.update_id for u in updates]],
+        kwargs={"owners": owners_argument([(u.account_id, u.contact_id) for u in updates])},
+        queue=queue,
+        argsrepr=task_argsrepr(updates),
+        kwargsrepr="{}",
+        origin=origin,
+    )
+
+
+def task_messages(
+    updates: list[AcceptedUpdate], max_batch: int, origin: str
+) -> list[tuple[str, bytes]]:
+    """Return (queue, message) pairs carrying these updates, at most `max_batch` each."""
+    by_queue: dict[str, list[AcceptedUpdate]] = {}
+    for update in updates:
+        by_queue.setdefault(update.queue, []).append(update)
+    messages = []
+    for queue, group in by_queue.items():
+        for start in range(0, len(group), max_batch):
+            chunk = group[start : start + max_batch]
+            messages.append((queue, task_message(queue, chunk, origin)))
+    return messages
+
+
+def _args(envelope: Any) -> Any:
+    """Return the positional arguments of a decoded message (errors are the caller's)."""
+    return orjson.loads(base64.b64decode(envelope["body"]))[0]
+
+
+def update_ids(message: bytes) -> list[str]:
+    """Return the update ids a queued apply task message names (none for any other message)."""
+    return _ids_named(_loads(message))
+
+
+def unacked_update_ids(entry: bytes) -> list[str]:
+    """Return the update ids the message of an `UNACKED_KEY` entry names."""
+    decoded = _loads(entry)
+    return _ids_named(decoded[0] if isinstance(decoded, list) and decoded else None)
+
+
+def _ids_named(envelope: Any) -> list[str]:
+    try:
+        if envelope["headers"]["task"] != names.APPLY_TASK:
+            return []
+        return [i for i in _args(envelope)[0] if isinstance(i, str)]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return []
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def updates_in(message: bytes) -> int:
+    """Return how many updates one queued task message carries (1 if it cannot tell)."""
+    try:
+        return max(1, len(_args(orjson.loads(message))[0]))
+    except Exception:
+        return 1  # not ours, or not readable: count it as one

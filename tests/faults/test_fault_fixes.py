@@ -18,13 +18,9 @@ from contactsync import names
 from contactsync.apply import apply_batch
 from contactsync.db import Database
 from contactsync.models import Contact, OutboxEvent
-from contactsync.queue.accept import (
-    Enqueuer,
-    Idempotency,
-    Submission,
-    requeue_orphans,
-    task_message,
-)
+from contactsync.queue.accept import Enqueuer, Idempotency, Submission
+from contactsync.queue.requeue import requeue_orphans
+from contactsync.queue.wire import task_message
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
 from tasks.relay import run_relay

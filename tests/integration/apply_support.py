@@ -16,8 +16,7 @@ from contactsync.contacts import contact_to_dict
 from contactsync.db import Database
 from contactsync.ids import new_update_id
 from contactsync.models import Contact, DeadLetter, OutboxEvent, UpdateRecord
-from contactsync.queue.accept import task_message
-from contactsync.queue.wire import queue_list_key
+from contactsync.queue.wire import queue_list_key, task_message
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate
 

@@ -17,8 +17,7 @@ from redis import Redis
 
 from contactsync import names
 from contactsync.ids import new_account_id
-from contactsync.queue.accept import task_message
-from contactsync.queue.wire import build_task_message, queue_list_key
+from contactsync.queue.wire import build_task_message, queue_list_key, task_message
 from contactsync.updates import AcceptedUpdate
 from tests.conftest import Stack, make_contact, make_tenant
 from tests.e2e.gateways import private_redis

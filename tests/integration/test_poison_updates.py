@@ -9,8 +9,7 @@ from sqlalchemy import select
 from contactsync import names
 from contactsync.dead_letters import pending
 from contactsync.models import DeadLetter
-from contactsync.queue.accept import task_message
-from contactsync.queue.wire import queue_list_key
+from contactsync.queue.wire import queue_list_key, task_message
 from contactsync.updates import AcceptedUpdate
 from tests.conftest import Stack, make_contact, make_tenant
 from tests.integration.apply_support import ORIGIN, accepted, contact, records

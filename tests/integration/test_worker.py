@@ -23,8 +23,7 @@ from contactsync import names
 from contactsync.contacts import state_of
 from contactsync.merge import merge
 from contactsync.models import Contact
-from contactsync.queue.accept import task_message
-from contactsync.queue.wire import queue_list_key
+from contactsync.queue.wire import queue_list_key, task_message
 from contactsync.updates import AcceptedUpdate
 from tests.conftest import Stack, make_contact, make_tenant
 from tests.integration.apply_support import (
