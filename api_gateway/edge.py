@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_gateway.errors import answer, error_response, log_internal
-from api_gateway.metrics import ACCESS_LOG, REQUEST_SECONDS, REQUESTS, route_of
+from api_gateway.http_metrics import ACCESS_LOG, REQUEST_SECONDS, REQUESTS, route_of
 from api_gateway.ratelimit import STATE_KEY
 from api_gateway.routes import contact_update
 

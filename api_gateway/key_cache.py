@@ -20,7 +20,7 @@ from itertools import islice
 
 from starlette.concurrency import run_in_threadpool
 
-from api_gateway.metrics import KEY_LOOKUP_QUERIES, KEY_LOOKUPS
+from api_gateway.http_metrics import KEY_LOOKUP_QUERIES, KEY_LOOKUPS
 from contactsync.db import Database
 from contactsync.errors import ServiceUnavailable
 from contactsync.ids import hash_api_key

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 
 from api_gateway.background import cancel_and_wait
-from contactsync.queue.accept import Enqueuer, Outcome, Submission
+from contactsync.queue.accept import AcceptOutcome, Enqueuer, Submission
 
 log = logging.getLogger("contactsync.gateway")
 
@@ -40,8 +40,8 @@ class Publisher:
         self._wait_linger = linger_seconds if wait_linger_seconds is None else wait_linger_seconds
         self._backlogged = backlogged or (lambda: False)
         self._max_batch = max_batch
-        self._pending: list[tuple[Submission, asyncio.Future[Outcome]]] = []
-        self._continued: set[asyncio.Future[Outcome]] = set()  # not the last of a request's
+        self._pending: list[tuple[Submission, asyncio.Future[AcceptOutcome]]] = []
+        self._continued: set[asyncio.Future[AcceptOutcome]] = set()  # not the last of a request's
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -56,11 +56,11 @@ class Publisher:
             await self._flush()
         await cancel_and_wait(self._task)
 
-    async def submit(self, submission: Submission) -> Outcome:
+    async def submit(self, submission: Submission) -> AcceptOutcome:
         """Queue one submission; return once it is in Redis (or raise why not)."""
         return await self._add(submission)
 
-    async def submit_many(self, submissions: list[Submission]) -> list[Outcome]:
+    async def submit_many(self, submissions: list[Submission]) -> list[AcceptOutcome]:
         """Queue several submissions in the same flush; return their outcomes.
 
         One flush, so that a batch meets its account's backlog limit whole: the accept script
@@ -70,8 +70,8 @@ class Publisher:
         self._continued.update(futures[:-1])
         return list(await asyncio.gather(*futures))
 
-    def _add(self, submission: Submission) -> asyncio.Future[Outcome]:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    def _add(self, submission: Submission) -> asyncio.Future[AcceptOutcome]:
+        future: asyncio.Future[AcceptOutcome] = asyncio.get_running_loop().create_future()
         self._pending.append((submission, future))
         self._wake.set()
         return future

@@ -11,7 +11,7 @@ import orjson
 from celery import Task
 
 from contactsync import names
-from contactsync.apply import Outcome, apply_batch, record_failures
+from contactsync.batch_apply import Outcome, apply_batch, record_failures
 from contactsync.dead_letters import park
 from contactsync.errors import TransientFailure
 from contactsync.timeutil import isoformat, utcnow

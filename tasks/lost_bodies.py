@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from contactsync import names
-from contactsync.apply import record_failures
+from contactsync.batch_apply import record_failures
 from contactsync.models import UpdateRecord
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate

@@ -19,7 +19,7 @@ from celery.signals import task_failure, task_postrun, task_prerun, task_retry
 from prometheus_client import Counter, Histogram
 
 from contactsync import names
-from contactsync.apply import Outcome
+from contactsync.batch_apply import Outcome
 from contactsync.timeutil import parse_iso, utcnow
 
 log = logging.getLogger("contactsync.worker")

@@ -12,7 +12,7 @@ from api_gateway import idempotency
 from api_gateway.auth import authenticate, check_permission, spend_token
 from api_gateway.backlog import refusal as backlog_refusal
 from api_gateway.body import read_json
-from api_gateway.metrics import ENQUEUE_SECONDS, WAIT_OUTCOMES
+from api_gateway.http_metrics import ENQUEUE_SECONDS, WAIT_OUTCOMES
 from api_gateway.ratelimit import STATE_KEY as RATE_STATE_KEY
 from api_gateway.ratelimit import RateDecision, RateLimiter, refuse
 from api_gateway.responses import JSONResponse, error_responses

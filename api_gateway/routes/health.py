@@ -11,7 +11,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.errors import error_response
-from api_gateway.metrics import exposition
+from api_gateway.http_metrics import exposition
 from api_gateway.responses import JSONResponse
 from api_gateway.state import GatewayDep
 

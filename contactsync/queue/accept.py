@@ -116,7 +116,7 @@ class BacklogRefused:
     """Its account has as many updates waiting as it may: nothing was queued."""
 
 
-Outcome = Accepted | Replayed | RateRefused | BacklogRefused
+AcceptOutcome = Accepted | Replayed | RateRefused | BacklogRefused
 
 NO_ACCOUNT_LIMIT = 2**53  # what the accept script's numbers (doubles) hold exactly
 
@@ -142,7 +142,7 @@ class Enqueuer:
         self._max_batch = max_batch
         self._origin = origin
 
-    async def accept(self, submissions: Sequence[Submission]) -> list[Outcome]:
+    async def accept(self, submissions: Sequence[Submission]) -> list[AcceptOutcome]:
         """Queue every submission; return, in order, what became of each.
 
         One script call when every rate-limited submission gets its token, no idempotency
@@ -151,7 +151,7 @@ class Enqueuer:
         the others again.
         """
         received_at = isoformat(utcnow())
-        outcomes: list[Outcome | None] = [None] * len(submissions)
+        outcomes: list[AcceptOutcome | None] = [None] * len(submissions)
         waiting = list(range(len(submissions)))
         while waiting:
             updates = [_unsequenced(submissions[i], received_at) for i in waiting]
@@ -177,7 +177,7 @@ class Enqueuer:
                     outcomes[waiting[int(reply[at]) - 1]] = BacklogRefused()
             else:
                 with_key = [i for i in waiting if submissions[i].idempotency]
-                by_batch: dict[str | None, Outcome] = {}
+                by_batch: dict[str | None, AcceptOutcome] = {}
                 for at in range(2, len(reply), 2):
                     index = with_key[int(reply[at]) - 1]
                     replayed = outcomes[index] = Replayed(orjson.loads(reply[at + 1]))

@@ -15,7 +15,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from bench.faults.services import Stack, Tenant
 from contactsync import names
-from contactsync.apply import apply_batch
+from contactsync.batch_apply import apply_batch
 from contactsync.db import Database
 from contactsync.models import Contact, OutboxEvent
 from contactsync.queue.accept import Enqueuer, Idempotency, Submission

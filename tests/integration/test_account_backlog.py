@@ -10,7 +10,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from contactsync import names
-from contactsync.queue.accept import Accepted, BacklogRefused, Enqueuer, Outcome, Submission
+from contactsync.queue.accept import Accepted, AcceptOutcome, BacklogRefused, Enqueuer, Submission
 from contactsync.queue.wire import queue_list_key
 from contactsync.settings import Settings
 from tasks import account_backlog
@@ -36,8 +36,8 @@ def _submission(account: str, n: int) -> Submission:
                       contact_id=f"cnt_{n}", patch={"company": f"C{n}"}, queue=QUEUE)
 
 
-def _accept(settings: Settings, submissions: list[Submission], limit: int) -> list[Outcome]:
-    async def run() -> list[Outcome]:
+def _accept(settings: Settings, submissions: list[Submission], limit: int) -> list[AcceptOutcome]:
+    async def run() -> list[AcceptOutcome]:
         client = AsyncRedis.from_url(settings.redis_url)
         try:
             enqueuer = Enqueuer(client, idempotency_ttl=60, max_batch=200, origin="tests",

@@ -9,7 +9,7 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from contactsync.apply import apply_batch
+from contactsync.batch_apply import apply_batch
 from contactsync.db import Database
 from contactsync.merge import MAX_MARKERS
 from contactsync.schemas import MAX_CUSTOM_FIELDS_BYTES, custom_fields_bytes

@@ -15,10 +15,10 @@ from redis.asyncio import Redis as AsyncRedis
 from contactsync import names
 from contactsync.queue.accept import (
     Accepted,
+    AcceptOutcome,
     BacklogRefused,
     Enqueuer,
     Idempotency,
-    Outcome,
     RateLimit,
     RateRefused,
     Replayed,
@@ -56,8 +56,8 @@ def _submission(n: int, key: str | None = None) -> Submission:
     )
 
 
-def _accept(settings: Settings, submissions: list[Submission]) -> list[Outcome]:
-    async def run() -> list[Outcome]:
+def _accept(settings: Settings, submissions: list[Submission]) -> list[AcceptOutcome]:
+    async def run() -> list[AcceptOutcome]:
         redis = AsyncRedis.from_url(settings.redis_url)
         try:
             enqueuer = Enqueuer(redis, idempotency_ttl=60, max_batch=200, origin="tests")
@@ -179,7 +179,7 @@ def test_a_batch_key_is_reserved_with_its_batch_and_a_racing_twin_queues_nothing
 def test_a_batch_refused_for_its_accounts_backlog_leaves_its_key_free(
     settings: Settings, redis: Redis
 ) -> None:
-    async def run(limit: int) -> list[Outcome]:
+    async def run(limit: int) -> list[AcceptOutcome]:
         client = AsyncRedis.from_url(settings.redis_url)
         try:
             enqueuer = Enqueuer(client, idempotency_ttl=60, max_batch=200, origin="tests",

@@ -14,7 +14,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from api_gateway.publisher import Publisher
-from contactsync.queue.accept import Accepted, Enqueuer, Outcome, Submission
+from contactsync.queue.accept import Accepted, AcceptOutcome, Enqueuer, Submission
 from contactsync.queue.wire import queue_list_key
 from contactsync.settings import Settings
 
@@ -111,7 +111,7 @@ def test_a_batch_larger_than_a_flush_still_goes_in_one(settings: Settings, redis
         enqueuer = Enqueuer(client, idempotency_ttl=60, max_batch=200, origin="tests")
         accept = enqueuer.accept
 
-        async def counted(submissions: list[Submission]) -> list[Outcome]:
+        async def counted(submissions: list[Submission]) -> list[AcceptOutcome]:
             flushes.append(len(submissions))
             return await accept(submissions)
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from redis import Redis
 
-from contactsync.apply import apply_batch
+from contactsync.batch_apply import apply_batch
 from contactsync.db import Database
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
