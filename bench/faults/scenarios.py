@@ -146,8 +146,18 @@ def worker_sigkill(run: Run) -> None:
     """
     redis = run.stack.client()
     try:
-        run.stack.freeze_pool("w1")
-        wait_until(lambda: redis.hlen("unacked") > 0 or None, timeout=30, interval=0.01)
+        frozen = run.stack.freeze_pool("w1")
+        assert frozen, "found no pool process of worker w1 to stop"
+        # Messages keep arriving while the load runs (a few seconds more); on a loaded machine
+        # the first may take a while to reach the worker.
+        try:
+            wait_until(lambda: redis.hlen("unacked") > 0 or None, timeout=60, interval=0.01)
+        except AssertionError:
+            raise AssertionError(
+                f"worker w1 ({frozen} pool processes stopped) took no message in 60 s; load "
+                f"sent {run.load.log.count()}, accepted {len(run.load.log.accepted())}, queued "
+                f"now {redis.llen('contacts.updates')}+{redis.llen('contacts.bulk')}"
+            ) from None
         run.stack.kill_worker("w1")
         held, vanished = held_updates(redis)
     finally:

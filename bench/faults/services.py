@@ -186,11 +186,12 @@ class Stack:
         process.popen.wait(10)
         process.stop()
 
-    def freeze_pool(self, name: str) -> None:
+    def freeze_pool(self, name: str) -> int:
         """SIGSTOP the worker's pool processes: its main process goes on taking messages and
-        holds them, as it does while its tasks wait on a slow database."""
+        holds them, as it does while its tasks wait on a slow database. Return how many."""
         main = self.workers[name].popen.pid
         argv = Path(f"/proc/{main}/cmdline").read_bytes()
+        frozen = 0
         for proc in Path("/proc").glob("[0-9]*"):
             try:
                 parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -199,6 +200,8 @@ class Stack:
                 continue
             if parent == main and same:
                 os.kill(int(proc.name), signal.SIGSTOP)
+                frozen += 1
+        return frozen
 
     def terminate_worker(self, name: str, timeout: float = 60) -> float:
         """SIGTERM the worker's main process (warm shutdown); return how long it took to exit."""
