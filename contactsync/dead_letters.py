@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
+from typing import Any
 
 from redis import Redis
 from sqlalchemy import select
@@ -19,7 +20,7 @@ from contactsync.updates import AcceptedUpdate
 
 
 def park(
-    session: Session, failures: Sequence[tuple[AcceptedUpdate, dict[str, str]]], now: datetime
+    session: Session, failures: Sequence[tuple[AcceptedUpdate, Mapping[str, Any]]], now: datetime
 ) -> None:
     """Keep failed updates, in the caller's transaction, until someone replays them."""
     for update, error in failures:
@@ -35,7 +36,7 @@ def park(
         letter.contact_id = update.contact_id
         letter.queue = update.queue
         letter.body = asdict(update)
-        letter.error = error
+        letter.error = dict(error)
         letter.failed_at = now
         letter.replayed_at = None
 

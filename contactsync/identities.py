@@ -7,10 +7,13 @@ as given.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
+from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
 
+EXTERNAL_FIELD_PREFIX = "external_ids."
 EXTERNAL_SYSTEM = re.compile(r"[a-z0-9_]{1,32}")
 MAX_EXTERNAL_ID_LENGTH = 255
 MAX_EXTERNAL_SYSTEMS = 10
@@ -58,3 +61,34 @@ def parse_external_id(value: str) -> tuple[str, str] | None:
     if not 1 <= len(external_id) <= MAX_EXTERNAL_ID_LENGTH:
         return None
     return system, external_id
+
+
+def stored_key(name: str, value: str) -> str:
+    """Return the key an identity is indexed by: a digest of its name and compared form.
+
+    `name` is `email`, `linkedin_url` or `external_ids.<system>`. A digest has one length
+    whatever the value's (a LinkedIn URL may be 2,048 characters, past what a B-tree entry
+    holds), and names the identity without holding the personal data it is made from.
+    """
+    if name == "email":
+        form = email_key(value)
+    elif name == "linkedin_url":
+        form = linkedin_key(value)
+    else:
+        form = external_key(name.removeprefix(EXTERNAL_FIELD_PREFIX), value)
+    return hashlib.sha256(f"{name}\x00{form}".encode()).hexdigest()
+
+
+def identities_of(
+    fields: Mapping[str, str | None], external_ids: Mapping[str, str]
+) -> dict[str, str]:
+    """Return a contact's identities: field name (`external_ids.<system>`) to stored key."""
+    found = {
+        name: stored_key(name, value)
+        for name in ("email", "linkedin_url")
+        if (value := fields.get(name)) is not None
+    }
+    for system, external_id in external_ids.items():
+        name = EXTERNAL_FIELD_PREFIX + system
+        found[name] = stored_key(name, external_id)
+    return found

@@ -24,9 +24,10 @@ class ContactState:
     """The mergeable part of a contact, with the sequence that last wrote each field.
 
     `field_seqs` keys are field names, `tags`, `custom_fields.<key>` for each custom field
-    key and `external_ids.<system>` for each external id (merged the same way); a removed custom key keeps its sequence (a marker) so that an older update
-    arriving later cannot bring it back. Markers are bounded: past `MAX_MARKERS`, the oldest
-    are dropped and `CUSTOM_FLOOR` rises to the newest sequence dropped; an absent key
+    key and `external_ids.<system>` for each external id (merged the same way); a removed
+    custom key keeps its sequence (a marker) so that an older update arriving later cannot
+    bring it back. Markers are bounded: past `MAX_MARKERS`, the oldest are dropped and
+    `CUSTOM_FLOOR` (`EXTERNAL_FLOOR`) rises to the newest sequence dropped; an absent key
     without a marker of its own takes that floor as its sequence (see `merge`).
     """
 
@@ -56,11 +57,11 @@ def merge(
 
     A null for a custom key (or an external id) is a marker whether or not the key was there:
     without it an older write of the key arriving later would bring the key back, which
-    applying in sequence order would not. Markers past `max_markers` are folded into the floor, which
-    keeps the rule exact for every update that arrives before the floor passes its sequence,
-    that is before more than `max_markers` deletions at or past its sequence were applied to
-    the contact. A write arriving later to an absent key without a marker is refused as
-    stale: the rule may drop such a late write, but never restores a deleted value nor
+    applying in sequence order would not. Markers past `max_markers` are folded into the
+    floor, which keeps the rule exact for every update that arrives before the floor passes
+    its sequence, that is before more than `max_markers` deletions at or past its sequence
+    were applied to the contact. A write arriving later to an absent key without a marker is
+    refused as stale: the rule may drop such a late write, but never restores a deleted value nor
     writes one that sequence order would not hold. Scalar fields and tags are exact always.
     tests/unit/test_merge.py holds both properties.
     """

@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from contactsync.errors import ValidationFailed
+from contactsync.identities import EXTERNAL_SYSTEM, MAX_EXTERNAL_ID_LENGTH, MAX_EXTERNAL_SYSTEMS
 from contactsync.messages import body_messages
 from contactsync.nfc import nfc
 
@@ -176,6 +177,42 @@ CustomFields = Annotated[
 ]
 
 
+def _external_ids(values: dict[str, str | None]) -> dict[str, str | None]:
+    if len(values) > MAX_EXTERNAL_SYSTEMS:
+        raise ValueError(f"must hold at most {MAX_EXTERNAL_SYSTEMS} systems")
+    for system, external_id in values.items():
+        if not EXTERNAL_SYSTEM.fullmatch(system):
+            raise ValueError(
+                f"system {system[:80]!r} must be 1 to 32 lowercase letters, digits or _"
+            )
+        if external_id is not None and not 1 <= len(external_id) <= MAX_EXTERNAL_ID_LENGTH:
+            raise ValueError(
+                f"the id of {system!r} must be 1 to {MAX_EXTERNAL_ID_LENGTH} characters"
+            )
+    return values
+
+
+_EXTERNAL_IDS_SCHEMA = {
+    "type": "object",
+    "maxProperties": MAX_EXTERNAL_SYSTEMS,
+    "propertyNames": {"pattern": f"^{EXTERNAL_SYSTEM.pattern}$"},
+    "additionalProperties": {"anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": MAX_EXTERNAL_ID_LENGTH,
+         "pattern": _NO_NUL},
+        {"type": "null"},
+    ]},
+    "description": "The contact's ids in other systems (`{\"hubspot\": \"51\"}`), each "
+    "unique within the account: merged system by system; a system set to null is removed. "
+    f"At most {MAX_EXTERNAL_SYSTEMS} systems on a contact.",
+}
+# Ids are compared exactly (DESIGN §2), so they are not trimmed.
+ExternalIds = Annotated[
+    dict[_Verbatim, _Verbatim | None],
+    AfterValidator(_external_ids),
+    WithJsonSchema(_EXTERNAL_IDS_SCHEMA),
+]
+
+
 def _no_defaults(schema: dict[str, Any]) -> None:
     # `None` defaults mean "not sent": a client sending them would clear fields, or be refused.
     for prop in schema.get("properties", {}).values():
@@ -200,6 +237,7 @@ class ContactFields(BaseModel):
     linkedin_url: HttpUrl | None = None
     tags: Tags | SkipJsonSchema[None] = None
     custom_fields: CustomFields | SkipJsonSchema[None] = None
+    external_ids: ExternalIds | SkipJsonSchema[None] = None
 
     def patch(self) -> dict[str, Any]:
         """Return only the fields the client sent, normalized."""
@@ -222,7 +260,7 @@ class ContactCreate(ContactFields):
 
 
 class Contact(BaseModel):
-    """A contact, exactly the seed's fields."""
+    """A contact: the seed's fields, and `external_ids`."""
 
     id: str
     name: str
@@ -234,6 +272,7 @@ class Contact(BaseModel):
     linkedin_url: str | None
     tags: list[str]
     custom_fields: dict[str, JsonScalar]
+    external_ids: dict[str, str]
     created_at: str
     updated_at: str
 
@@ -313,6 +352,10 @@ class DeletedEnvelope(BaseModel):
 class UpdateError(BaseModel):
     code: str
     message: str
+    details: dict[str, Any] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="On `conflict`: `field` and `contact_id`, the contact that holds it.",
+    )
 
 
 class UpdateRecord(BaseModel):
@@ -320,7 +363,7 @@ class UpdateRecord(BaseModel):
 
     update_id: str
     contact_id: str
-    status: Literal["queued", "applied", "noop", "not_found", "failed"]
+    status: Literal["queued", "applied", "noop", "conflict", "not_found", "failed"]
     received_at: str
     applied_at: str | None
     changed_fields: list[str]
@@ -347,7 +390,7 @@ M = TypeVar("M", bound=ContactFields)
 
 def _check_nulls(body: dict[str, Any], model: type[ContactFields]) -> dict[str, str]:
     fields: dict[str, str] = {}
-    for field in ("name", "tags", "custom_fields"):
+    for field in ("name", "tags", "custom_fields", "external_ids"):
         if field in body and body[field] is None and field in model.model_fields:
             fields[field] = (
                 "May not be null: a contact always has a name." if field == "name"
