@@ -17,7 +17,7 @@ from tests.support import wait_until
 
 CONTACT_KEYS = {
     "id", "name", "email", "phone", "company", "position", "source", "linkedin_url", "tags",
-    "custom_fields", "created_at", "updated_at",
+    "custom_fields", "external_ids", "created_at", "updated_at",
 }
 UPDATE_KEYS = {
     "update_id", "contact_id", "status", "received_at", "applied_at", "changed_fields", "error",
