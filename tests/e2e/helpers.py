@@ -90,7 +90,7 @@ def assert_contact_shape(data: dict[str, Any]) -> None:
 def assert_update_shape(data: dict[str, Any]) -> None:
     assert set(data) == UPDATE_KEYS, sorted(data)
     assert data["update_id"].startswith("upd_"), data
-    assert data["status"] in {"queued", "applied", "noop", "not_found", "failed"}, data
+    assert data["status"] in {"queued", "applied", "noop", "conflict", "not_found", "failed"}, data
     assert TIME.match(data["received_at"]), data
     assert data["applied_at"] is None or TIME.match(data["applied_at"]), data
     assert isinstance(data["changed_fields"], list), data
