@@ -16,9 +16,9 @@ from alembic import command
 from sqlalchemy import create_engine, select, text
 
 from contactsync.contact_query import ContactFilter, list_contacts
+from contactsync.contacts import create_contact
 from contactsync.db import Database
 from contactsync.errors import Conflict
-from contactsync.contacts import create_contact
 from contactsync.identities import stored_key
 from contactsync.migrate import alembic_config
 from contactsync.models import Contact, ContactIdentity
