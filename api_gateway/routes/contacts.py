@@ -158,10 +158,11 @@ async def list_all(
     response_model=None,
     status_code=201,
     openapi_extra=body_schema(ContactCreate),
-    responses={201: {"model": ContactEnvelope}, **error_responses(400, 403, 413, 415)},
+    responses={201: {"model": ContactEnvelope}, **error_responses(400, 403, 409, 413, 415)},
 )
 async def create(request: Request, principal: Writer, gateway: GatewayDep) -> JSONResponse:
-    """Create a contact; `name` is required and `source` defaults to "other"."""
+    """Create a contact; `name` is required and `source` defaults to "other". 409 when
+    another contact of the account has its email, LinkedIn URL or one of its external ids."""
     fields = parse_body(ContactCreate, await read_json(request)).model_dump()
 
     def insert() -> dict[str, Any]:
