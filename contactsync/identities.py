@@ -36,8 +36,11 @@ def linkedin_key(url: str) -> str:
     URL is compared as its host and path, lower-cased, without scheme, query, fragment or a
     trailing slash: such a URL still names one person, just not in a form we can read.
     """
-    parts = urlsplit(url.strip())
-    host = (parts.hostname or "").lower().rstrip(".")
+    try:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").lower().rstrip(".")
+    except ValueError:  # `http://[` and the like: no URL, so compared as the text it is
+        return url.strip().lower()
     path = parts.path
     if _LINKEDIN_HOST.fullmatch(host):
         profile = _PROFILE_PATH.fullmatch(path)

@@ -72,3 +72,7 @@ def test_external_ids_compare_exactly() -> None:
 ])
 def test_external_id_queries(value: str, parsed: tuple[str, str] | None) -> None:
     assert parse_external_id(value) == parsed
+
+
+def test_text_that_is_no_url_is_compared_as_text() -> None:
+    assert linkedin_key(" http://[Broken ") == "http://[broken"
