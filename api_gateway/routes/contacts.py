@@ -42,6 +42,8 @@ _SINCE_HELP = "RFC 3339 date-time with its offset, like 2024-01-15T10:30:00Z"
 _EMAIL_HELP = "the contact with this email, compared case-insensitively"
 _LINKEDIN_HELP = "the contact with this LinkedIn profile, given in any form of its URL"
 _EXTERNAL_HELP = "`system:id`, like hubspot:51: the contact with this external id"
+# The form `identities.parse_external_id` reads, stated for the OpenAPI document.
+_EXTERNAL_ID = "^[a-z0-9_]{1,32}:[^\\u0000]{1,255}$"
 
 
 def _instant(text: str) -> datetime:
@@ -95,7 +97,7 @@ async def list_all(
         str | None, Query(max_length=2048, pattern=NO_NUL, description=_LINKEDIN_HELP)
     ] = None,
     external_id: Annotated[
-        str | None, Query(max_length=300, pattern=NO_NUL, description=_EXTERNAL_HELP)
+        str | None, Query(max_length=288, pattern=_EXTERNAL_ID, description=_EXTERNAL_HELP)
     ] = None,
     source: Literal["linkedin", "csv", "crm", "api", "manual", "other"] | None = None,
     tags: Annotated[
