@@ -214,3 +214,21 @@ def test_external_ids_are_validated(stack: Stack, tenant: Tenant) -> None:
                 {f"s{i}": "1" for i in range(11)}, None):
         response = client.put(contact_path(contact), json={"external_ids": bad})
         assert_bad_fields(response, "external_ids")
+
+
+def test_an_update_past_ten_external_ids_fails_and_changes_nothing(
+    stack: Stack, tenant: Tenant
+) -> None:
+    ten = {f"s{i}": str(i) for i in range(10)}
+    contact = make_contact(stack.db, tenant.account_id, external_ids=ten)
+    before = get_contact(stack, tenant.key, contact)
+    response = api(stack, tenant.key).put(
+        contact_path(contact), json={"external_ids": {"eleventh": "11"}}
+    )
+    assert_bad_fields(response, "external_ids")
+    assert get_contact(stack, tenant.key, contact) == before
+    swapped = api(stack, tenant.key).put(
+        contact_path(contact), json={"external_ids": {"s0": None, "eleventh": "11"}}
+    )
+    assert swapped.status_code == 200, swapped.text
+    assert len(swapped.json()["data"]["external_ids"]) == 10
