@@ -35,7 +35,7 @@ _LOCK_CONTACTS = (
     select(CONTACTS).where(CONTACTS.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(CONTACTS.c.id).with_for_update()
 )
-_FINISHED = select(RECORDS.c.update_id, RECORDS.c.status).where(
+_FINISHED = select(RECORDS.c.update_id, RECORDS.c.status, RECORDS.c.error).where(
     RECORDS.c.update_id.in_(bindparam("ids", expanding=True))
 )
 _UPDATE_CONTACTS = RowUpdate(
@@ -96,12 +96,10 @@ def apply_batch(
         row.id: _Locked(row.account_id, state_of(row), contact_to_dict(row), row.updated_at)
         for row in rows
     }
-    finished: dict[str, str] = {
-        update_id: status
-        for update_id, status in connection.execute(
-            _FINISHED, {"ids": [u.update_id for u in unique]}
-        )
-    }
+    rows_finished = connection.execute(_FINISHED, {"ids": [u.update_id for u in unique]}).all()
+    finished: dict[str, str] = {row.update_id: row.status for row in rows_finished}
+    # A redelivered conflict answers a waiting gateway with the holder, as the first did.
+    errors: dict[str, dict[str, Any] | None] = {row.update_id: row.error for row in rows_finished}
     pending = [u for u in unique if finished.get(u.update_id) not in FINISHED]
     book = IdentityBook.load(
         connection, list(contacts), [(u.account_id, u.patch) for u in pending]
@@ -115,7 +113,10 @@ def apply_batch(
             locked = contacts.get(accepted.contact_id)
             current = dict(locked.public) if locked is not None else None
             status = str(finished[accepted.update_id])
-            outcomes.append(Outcome(accepted, status, contact=current, duplicate=True))
+            outcomes.append(Outcome(
+                accepted, status, contact=current, error=errors[accepted.update_id],
+                duplicate=True,
+            ))
             continue
         outcome = _apply_one(contacts, book, accepted, now, applied_at)
         outcomes.append(outcome)

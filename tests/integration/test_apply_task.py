@@ -108,3 +108,17 @@ def test_an_identity_taken_by_a_concurrent_transaction_ends_conflict_without_a_r
     assert outcome.error["details"] == {"field": "email", "contact_id": first_id}
     assert records(db)[second.update_id].status == "conflict"
     assert dead_letters(db) == {}
+
+
+def test_a_redelivered_conflict_still_names_the_holder(db: Database) -> None:
+    tenant = make_tenant(db, "acme")
+    holder = make_contact(db, tenant.account_id, email="jane@example.com")
+    other = make_contact(db, tenant.account_id)
+    update = accepted(tenant.account_id, other, {"email": "jane@example.com"})
+    for _ in range(2):
+        with db.unit_of_work() as session:
+            (outcome,) = apply_batch(session, [update], utcnow())
+        assert outcome.status == "conflict"
+        assert outcome.error is not None
+        assert outcome.error["details"] == {"field": "email", "contact_id": holder}
+    assert outcome.duplicate
