@@ -71,7 +71,7 @@ def stored_key(name: str, value: str) -> str:
 
     `name` is `email`, `linkedin_url` or `external_ids.<system>`. A digest has one length
     whatever the value's (a LinkedIn URL may be 2,048 characters, past what a B-tree entry
-    holds), and names the identity without holding the personal data it is made from.
+    holds). Not a secret: an email's digest is found by hashing guesses.
     """
     if name == "email":
         form = email_key(value)
