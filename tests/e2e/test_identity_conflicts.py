@@ -232,3 +232,15 @@ def test_an_update_past_ten_external_ids_fails_and_changes_nothing(
     )
     assert swapped.status_code == 200, swapped.text
     assert len(swapped.json()["data"]["external_ids"]) == 10
+
+
+def test_a_deleted_contacts_identities_are_free_again(stack: Stack, tenant: Tenant) -> None:
+    holder = make_contact(
+        stack.db, tenant.account_id, email="jane@example.com", external_ids={"hubspot": "51"}
+    )
+    client = api(stack, tenant.key)
+    assert client.delete(contact_path(holder)).status_code == 200
+    body = {"name": "Jane", "email": "jane@example.com", "external_ids": {"hubspot": "51"}}
+    again = client.post(CONTACTS, json=body)
+    assert again.status_code == 201, again.text
+    assert _listed(stack, tenant.key, external_id="hubspot:51") == [again.json()["data"]["id"]]
