@@ -34,7 +34,9 @@ _ERRORS = {
     403: "INSUFFICIENT_PERMISSIONS",
     404: "NOT_FOUND: no such contact or update for this account",
     405: "METHOD_NOT_ALLOWED",
-    409: "CONFLICT: a request with this Idempotency-Key is still in flight",
+    409: "CONFLICT: another contact of the account holds an identity this write gives "
+    "(`details.field`, `details.contact_id`), or a request with this Idempotency-Key is still "
+    "in flight",
     413: "PAYLOAD_TOO_LARGE: the body is over 64 KiB",
     415: "UNSUPPORTED_MEDIA_TYPE: the body is not JSON",
     422: "IDEMPOTENCY_KEY_REUSED: the key was used with a different request",

@@ -24,6 +24,7 @@ from cli.errors import CliError
 from contactsync import supervise
 from contactsync.contacts import create_contact
 from contactsync.db import Database
+from contactsync.errors import Conflict
 from contactsync.keys import PERMISSIONS, create_key
 from contactsync.migrate import upgrade
 from contactsync.models import Account, ApiKey, Contact
@@ -103,7 +104,10 @@ def prepare_demo(db: Database) -> str:
                 key.revoked_at = utcnow()
         row, secret = create_key(session, DEMO_ACCOUNT, list(PERMISSIONS))
         if session.get(Contact, SEED_CONTACT_ID) is None:
-            contact = create_contact(session, row.account_id, SEED_CONTACT, SEED_CONTACT_ID)
+            try:
+                contact = create_contact(session, row.account_id, SEED_CONTACT, SEED_CONTACT_ID)
+            except Conflict:  # the seed was deleted, and another contact took its email since
+                return secret
             contact.created_at = contact.updated_at = SEED_CREATED_AT
     return secret
 

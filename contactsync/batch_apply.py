@@ -1,4 +1,5 @@
-"""Apply a group of accepted updates in one transaction: merge, record, write the outbox."""
+"""Apply a group of accepted updates in one transaction: merge, claim identities, record,
+write the outbox."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from sqlalchemy.orm import Session
 from contactsync import events
 from contactsync.contacts import contact_to_dict, state_of
 from contactsync.dead_letters import park
+from contactsync.identities import MAX_EXTERNAL_SYSTEMS
+from contactsync.identity_store import IdentityBook
 from contactsync.merge import SCALAR_FIELDS, Change, ContactState, merge
 from contactsync.models import Contact, OutboxEvent, UpdateRecord
 from contactsync.row_batches import RowInsert, RowUpdate
@@ -21,7 +24,7 @@ from contactsync.schemas import MAX_CUSTOM_FIELDS, MAX_CUSTOM_FIELDS_BYTES, cust
 from contactsync.timeutil import isoformat, parse_iso
 from contactsync.updates import AcceptedUpdate
 
-FINISHED = ("applied", "noop", "not_found")
+FINISHED = ("applied", "noop", "not_found", "conflict")
 
 # Built once: a statement built per batch costs more to construct and to key for SQLAlchemy's
 # compiled cache than to run. All run on the session's connection, beneath the ORM.
@@ -32,12 +35,12 @@ _LOCK_CONTACTS = (
     select(CONTACTS).where(CONTACTS.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(CONTACTS.c.id).with_for_update()
 )
-_FINISHED = select(RECORDS.c.update_id, RECORDS.c.status).where(
+_FINISHED = select(RECORDS.c.update_id, RECORDS.c.status, RECORDS.c.error).where(
     RECORDS.c.update_id.in_(bindparam("ids", expanding=True))
 )
 _UPDATE_CONTACTS = RowUpdate(
     CONTACTS, "id", "locked_id",
-    (*SCALAR_FIELDS, "tags", "custom_fields", "field_seqs", "updated_at"),
+    (*SCALAR_FIELDS, "tags", "custom_fields", "external_ids", "field_seqs", "updated_at"),
 )
 _DELETE_RECORDS = delete(RECORDS).where(RECORDS.c.update_id.in_(bindparam("ids", expanding=True)))
 _INSERT_RECORDS = RowInsert(RECORDS, (
@@ -55,7 +58,7 @@ class Outcome:
     status: str
     changes: dict[str, Change] = field(default_factory=dict)
     contact: dict[str, Any] | None = None
-    error: dict[str, str] | None = None
+    error: dict[str, Any] | None = None
     duplicate: bool = False
 
     @property
@@ -93,12 +96,14 @@ def apply_batch(
         row.id: _Locked(row.account_id, state_of(row), contact_to_dict(row), row.updated_at)
         for row in rows
     }
-    finished: dict[str, str] = {
-        update_id: status
-        for update_id, status in connection.execute(
-            _FINISHED, {"ids": [u.update_id for u in unique]}
-        )
-    }
+    rows_finished = connection.execute(_FINISHED, {"ids": [u.update_id for u in unique]}).all()
+    finished: dict[str, str] = {row.update_id: row.status for row in rows_finished}
+    # A redelivered conflict answers a waiting gateway with the holder, as the first did.
+    errors: dict[str, dict[str, Any] | None] = {row.update_id: row.error for row in rows_finished}
+    pending = [u for u in unique if finished.get(u.update_id) not in FINISHED]
+    book = IdentityBook.load(
+        connection, list(contacts), [(u.account_id, u.patch) for u in pending]
+    )
     applied_at = isoformat(now)
     outcomes: list[Outcome] = []
     records: list[dict[str, Any]] = []
@@ -108,9 +113,12 @@ def apply_batch(
             locked = contacts.get(accepted.contact_id)
             current = dict(locked.public) if locked is not None else None
             status = str(finished[accepted.update_id])
-            outcomes.append(Outcome(accepted, status, contact=current, duplicate=True))
+            outcomes.append(Outcome(
+                accepted, status, contact=current, error=errors[accepted.update_id],
+                duplicate=True,
+            ))
             continue
-        outcome = _apply_one(contacts, accepted, now, applied_at)
+        outcome = _apply_one(contacts, book, accepted, now, applied_at)
         outcomes.append(outcome)
         records.append(_record(accepted, outcome, now))
         if outcome.status == "applied" and outcome.contact is not None:
@@ -120,6 +128,7 @@ def apply_batch(
     _UPDATE_CONTACTS.run(
         connection, [_row_values(contact_id, c) for contact_id, c in contacts.items() if c.dirty]
     )
+    book.write(connection)
     retried = [r["update_id"] for r in records if r["update_id"] in finished]
     if retried:  # a replayed dead letter replaces its `failed` record
         connection.execute(_DELETE_RECORDS, {"ids": retried})
@@ -137,13 +146,14 @@ def _row_values(contact_id: str, locked: _Locked) -> dict[str, Any]:
     state = locked.state
     return {
         "locked_id": contact_id, **state.fields, "tags": list(state.tags),
-        "custom_fields": dict(state.custom_fields), "field_seqs": dict(state.field_seqs),
-        "updated_at": locked.updated_at,
+        "custom_fields": dict(state.custom_fields), "external_ids": dict(state.external_ids),
+        "field_seqs": dict(state.field_seqs), "updated_at": locked.updated_at,
     }
 
 
 def _apply_one(
-    contacts: dict[str, _Locked], update: AcceptedUpdate, now: datetime, applied_at: str
+    contacts: dict[str, _Locked], book: IdentityBook, update: AcceptedUpdate, now: datetime,
+    applied_at: str,
 ) -> Outcome:
     locked = contacts.get(update.contact_id)
     if locked is None or locked.account_id != update.account_id:
@@ -155,6 +165,14 @@ def _apply_one(
     if refusal:
         error = {"code": "VALIDATION_ERROR", "message": refusal}
         return Outcome(update, "failed", contact=dict(locked.public), error=error)
+    if len(result.state.external_ids) > MAX_EXTERNAL_SYSTEMS:
+        message = f"A contact holds at most {MAX_EXTERNAL_SYSTEMS} external ids."
+        too_many = {"code": "VALIDATION_ERROR", "message": message,
+                    "details": {"fields": {"external_ids": message}}}
+        return Outcome(update, "failed", contact=dict(locked.public), error=too_many)
+    conflict = book.claim(update.account_id, update.contact_id, result.changes)
+    if conflict is not None:  # changes nothing, not even the sequences
+        return Outcome(update, "conflict", contact=dict(locked.public), error=conflict)
     if result.state != locked.state:  # values, or only the sequences that wrote them
         locked.state = result.state
         locked.dirty = True
@@ -163,7 +181,8 @@ def _apply_one(
     locked.updated_at = now
     locked.public = {
         **locked.public, **result.state.fields, "tags": list(result.state.tags),
-        "custom_fields": dict(result.state.custom_fields), "updated_at": applied_at,
+        "custom_fields": dict(result.state.custom_fields),
+        "external_ids": dict(result.state.external_ids), "updated_at": applied_at,
     }
     return Outcome(update, "applied", result.changes, dict(locked.public))
 

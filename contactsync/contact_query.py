@@ -1,5 +1,9 @@
 """Listing contacts: filters, offset pages, and a stable cursor for sync jobs.
 
+A filter by identity (`email`, `linkedin_url`, `external_id`) reads the identity index, as
+the uniqueness check does: it finds the contact that holds the identity, whatever form of it
+was asked for.
+
 The cursor walks (created_at, id), which never change, so a contact updated while a sync job
 pages through the list is neither skipped nor seen twice. Other sort orders page by offset.
 """
@@ -17,7 +21,8 @@ from sqlalchemy import ColumnElement, Select, and_, cast, exists, func, literal,
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from contactsync.models import Contact
+from contactsync.identities import stored_key
+from contactsync.models import Contact, ContactIdentity
 from contactsync.schemas import CONTACT_ID_PATTERN
 from contactsync.timeutil import as_utc
 
@@ -44,6 +49,16 @@ class ContactFilter:
     source: str | None = None
     tags: tuple[str, ...] = ()
     updated_since: datetime | None = None
+    linkedin_url: str | None = None
+    external_id: tuple[str, str] | None = None  # (system, id)
+
+    def identities(self) -> list[str]:
+        """Return the stored keys of the identities the filter names."""
+        named = [("email", self.email), ("linkedin_url", self.linkedin_url)]
+        if self.external_id is not None:
+            system, external_id = self.external_id
+            named.append((f"external_ids.{system}", external_id))
+        return [stored_key(name, value) for name, value in named if value]
 
 
 @dataclass(frozen=True)
@@ -77,8 +92,11 @@ def _conditions(session: Session, f: ContactFilter) -> list[ColumnElement[bool]]
         ))
     if f.company:
         conditions.append(func.lower(Contact.company) == f.company.lower())
-    if f.email:
-        conditions.append(func.lower(Contact.email) == f.email.lower())
+    for key in f.identities():
+        holder = select(ContactIdentity.contact_id).where(
+            ContactIdentity.account_id == f.account_id, ContactIdentity.key == key
+        )
+        conditions.append(Contact.id.in_(holder.scalar_subquery()))
     if f.source:
         conditions.append(Contact.source == f.source)
     conditions += [_has_tag(session, tag) for tag in f.tags]

@@ -10,6 +10,14 @@ from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from contactsync import events
+from contactsync.errors import Conflict
+from contactsync.identities import identities_of
+from contactsync.identity_store import (
+    conflict_error,
+    holder_of,
+    insert_identities,
+    is_identity_race,
+)
 from contactsync.ids import new_contact_id
 from contactsync.merge import ContactState
 from contactsync.models import Contact, OutboxEvent
@@ -29,6 +37,7 @@ def contact_to_dict(contact: Contact | Row[Any]) -> dict[str, Any]:
         "linkedin_url": contact.linkedin_url,
         "tags": list(contact.tags),
         "custom_fields": dict(contact.custom_fields),
+        "external_ids": dict(contact.external_ids or {}),
         "created_at": isoformat(contact.created_at),
         "updated_at": isoformat(contact.updated_at),
     }
@@ -48,6 +57,7 @@ def state_of(contact: Contact | Row[Any]) -> ContactState:
         tags=tuple(contact.tags),
         custom_fields=dict(contact.custom_fields),
         field_seqs=dict(contact.field_seqs),
+        external_ids=dict(contact.external_ids or {}),
     )
 
 
@@ -77,8 +87,13 @@ def delete_contact(session: Session, account_id: str, contact_id: str, now: date
 def create_contact(
     session: Session, account_id: str, fields: dict[str, Any], contact_id: str | None = None
 ) -> Contact:
-    """Add a new contact to the session; `fields` holds a validated creation body."""
+    """Add a new contact and its identities; `fields` holds a validated creation body.
+
+    Raises `Conflict` (nothing added) when another contact of the account holds one of its
+    identities, whether found before the write or by the identity index during it.
+    """
     now = utcnow()
+    external_ids = {k: v for k, v in (fields.get("external_ids") or {}).items() if v is not None}
     contact = Contact(
         id=contact_id or new_contact_id(),
         account_id=account_id,
@@ -93,10 +108,32 @@ def create_contact(
         custom_fields={
             k: v for k, v in (fields.get("custom_fields") or {}).items() if v is not None
         },
+        external_ids=external_ids,
         # Creation writes at sequence 0: any accepted update is newer.
         field_seqs={},
         created_at=now,
         updated_at=now,
     )
-    session.add(contact)
+    identities = identities_of(fields, external_ids)
+    if not identities:
+        session.add(contact)
+        return contact
+    _refuse_taken(session, account_id, identities)
+    try:
+        with session.begin_nested():
+            session.add(contact)
+            session.flush()
+            insert_identities(session.connection(), account_id, contact.id, identities)
+    except Exception as exc:
+        if not is_identity_race(exc):
+            raise
+        _refuse_taken(session, account_id, identities)  # the holder has committed by now
+        raise
     return contact
+
+
+def _refuse_taken(session: Session, account_id: str, identities: dict[str, str]) -> None:
+    taken = holder_of(session.connection(), account_id, identities)
+    if taken is not None:
+        error = conflict_error(*taken)
+        raise Conflict(error["message"], details=error["details"])

@@ -18,7 +18,7 @@ from contactsync.updates import AcceptedUpdate
 
 
 def park(
-    session: Session, failures: Sequence[tuple[AcceptedUpdate, dict[str, str]]], now: datetime,
+    session: Session, failures: Sequence[tuple[AcceptedUpdate, Mapping[str, Any]]], now: datetime,
     bodies: Mapping[str, dict[str, Any]] | None = None,
 ) -> None:
     """Keep failed updates, in the caller's transaction, until someone replays them.
@@ -38,7 +38,7 @@ def park(
         letter.contact_id = update.contact_id
         letter.queue = update.queue
         letter.body = (bodies or {}).get(update.update_id) or asdict(update)
-        letter.error = error
+        letter.error = dict(error)
         letter.failed_at = now
         letter.replayed_at = None
 

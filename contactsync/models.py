@@ -1,11 +1,22 @@
-"""SQLAlchemy tables: accounts, API keys, contacts, update records, the outbox, dead letters."""
+"""SQLAlchemy tables: accounts, API keys, contacts and their identities, update records, the
+outbox, dead letters."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -50,10 +61,30 @@ class Contact(Base):
     linkedin_url: Mapped[str | None] = mapped_column(String(2048))
     tags: Mapped[list[str]] = mapped_column(JSON)
     custom_fields: Mapped[dict[str, Any]] = mapped_column(JSON)
+    external_ids: Mapped[dict[str, Any]] = mapped_column(
+        JSON, default=dict, server_default=text("'{}'")
+    )
     # The sequence that last wrote each field: what per-field last-writer-wins compares.
     field_seqs: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class ContactIdentity(Base):
+    """One identity a contact holds: the primary key makes each unique within an account.
+
+    `key` is `identities.stored_key` of the identity (`field`: `email`, `linkedin_url` or
+    `external_ids.<system>`). A contact whose identity another held when it was written (only
+    ever by migration 0003, from duplicates already stored) keeps the value without the row.
+    """
+
+    __tablename__ = "contact_identities"
+    __table_args__ = (Index("ix_contact_identities_contact", "contact_id"),)
+
+    account_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    field: Mapped[str] = mapped_column(String(64))
+    contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
 
 
 class UpdateRecord(Base):

@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from contactsync.errors import ValidationFailed
+from contactsync.external_ids import ExternalIds
 from contactsync.messages import body_messages
 from contactsync.nfc import nfc
 
@@ -202,6 +203,7 @@ class ContactFields(BaseModel):
     linkedin_url: HttpUrl | None = None
     tags: Tags | SkipJsonSchema[None] = None
     custom_fields: CustomFields | SkipJsonSchema[None] = None
+    external_ids: ExternalIds | SkipJsonSchema[None] = None
 
     def patch(self) -> dict[str, Any]:
         """Return only the fields the client sent, normalized."""
@@ -224,7 +226,7 @@ class ContactCreate(ContactFields):
 
 
 class Contact(BaseModel):
-    """A contact, exactly the seed's fields."""
+    """A contact: the seed's fields, and `external_ids`."""
 
     id: str
     name: str
@@ -236,6 +238,7 @@ class Contact(BaseModel):
     linkedin_url: str | None
     tags: list[str]
     custom_fields: dict[str, JsonScalar]
+    external_ids: dict[str, str]
     created_at: str
     updated_at: str
 
@@ -315,6 +318,10 @@ class DeletedEnvelope(BaseModel):
 class UpdateError(BaseModel):
     code: str
     message: str
+    details: dict[str, Any] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="On `conflict`: `field` and `contact_id`, the contact that holds it.",
+    )
 
 
 class UpdateRecord(BaseModel):
@@ -322,7 +329,7 @@ class UpdateRecord(BaseModel):
 
     update_id: str
     contact_id: str
-    status: Literal["queued", "applied", "noop", "not_found", "failed"]
+    status: Literal["queued", "applied", "noop", "conflict", "not_found", "failed"]
     received_at: str
     applied_at: str | None
     changed_fields: list[str]
@@ -349,7 +356,7 @@ M = TypeVar("M", bound=ContactFields)
 
 def _check_nulls(body: dict[str, Any], model: type[ContactFields]) -> dict[str, str]:
     fields: dict[str, str] = {}
-    for field in ("name", "tags", "custom_fields"):
+    for field in ("name", "tags", "custom_fields", "external_ids"):
         if field in body and body[field] is None and field in model.model_fields:
             fields[field] = (
                 "May not be null: a contact always has a name." if field == "name"

@@ -50,8 +50,9 @@ class AcceptedUpdate:
 
     def changed_field_names(self) -> list[str]:
         """Return the names of the fields this update touches, never their values."""
-        names = [name for name in self.patch if name != "custom_fields"]
+        names = [n for n in self.patch if n not in ("custom_fields", "external_ids")]
         names += [f"custom_fields.{key}" for key in self.patch.get("custom_fields", {})]
+        names += [f"external_ids.{key}" for key in self.patch.get("external_ids", {})]
         return names
 
 

@@ -14,6 +14,7 @@ from contactsync import names
 from contactsync.batch_apply import Outcome, apply_batch, record_failures
 from contactsync.dead_letters import park
 from contactsync.errors import TransientFailure
+from contactsync.identity_store import is_identity_race
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate, owners_argument
 from tasks.lost_bodies import BODY_MISSING, lost_updates, owners_of, record_lost
@@ -30,6 +31,9 @@ from worker import metrics as worker_metrics
 from worker.app import app
 
 log = logging.getLogger("contactsync.worker")
+# Attempts at once when the identity index refuses a write that a concurrent transaction beat:
+# the next attempt reads the committed holder and ends `conflict`, so a second one is the rule.
+_IDENTITY_ATTEMPTS = 3
 
 
 @dataclass
@@ -136,9 +140,7 @@ def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> Batc
     # Outcomes count only once the block has committed: a commit can fail too (the connection
     # dropped), and an update both "applied" and retried would have its body deleted first.
     try:
-        with runtime.db.unit_of_work() as session:
-            outcomes = apply_batch(session, updates, utcnow())
-        result.outcomes = outcomes
+        result.outcomes = _apply_committed(runtime, updates)
         return result
     except Exception as exc:
         if is_transient(exc):
@@ -151,9 +153,7 @@ def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> Batc
         log.warning("batch failed, applying one by one: %s", _describe(exc))
     for update in updates:
         try:
-            with runtime.db.unit_of_work() as session:
-                outcomes = apply_batch(session, [update], utcnow())
-            result.outcomes += outcomes
+            result.outcomes += _apply_committed(runtime, [update])
         except Exception as exc:
             if is_transient(exc):
                 result.transient.append(update)
@@ -161,6 +161,21 @@ def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> Batc
                 log.warning("update %s failed: %s", update.update_id, _describe(exc))
                 result.permanent.append((update, _error_of(exc)))
     return result
+
+
+def _apply_committed(runtime: Runtime, updates: list[AcceptedUpdate]) -> list[Outcome]:
+    """Apply in one transaction; when the identity index was the one to refuse, try again
+    at once: the look-up then sees the holder, and the update ends `conflict` without a wait."""
+    for attempt in range(1, _IDENTITY_ATTEMPTS + 1):
+        try:
+            with runtime.db.unit_of_work() as session:
+                return apply_batch(session, updates, utcnow())
+        except Exception as exc:
+            # Still refused after these: retried later like any transient failure (23505).
+            if attempt == _IDENTITY_ATTEMPTS or not is_identity_race(exc):
+                raise
+            log.info("identity taken by a concurrent write; applying again")
+    raise AssertionError("unreachable")
 
 
 def _describe(exc: BaseException) -> str:

@@ -109,6 +109,10 @@ def _check_patch(patch: dict[str, Any]) -> None:
             ok = isinstance(value, dict) and all(
                 isinstance(k, str) and isinstance(v, _SCALARS) for k, v in value.items()
             )
+        elif field == "external_ids":
+            ok = isinstance(value, dict) and all(
+                isinstance(k, str) and isinstance(v, str | None) for k, v in value.items()
+            )
         else:
             raise BadMessage(f"the patch has an unknown field ({field[:64]!r})")
         if not ok:

@@ -45,7 +45,7 @@ def worker_metrics() -> WorkerMetrics:
     return WorkerMetrics(
         updates=Counter(
             "contactsync_worker_updates_total",
-            "Updates finished, by status (applied, noop, not_found, failed; duplicate: "
+            "Updates finished, by status (applied, noop, conflict, not_found, failed; duplicate: "
             "a redelivery of one already finished)", ["status", "queue"],
         ),
         retried=Counter(

@@ -171,8 +171,10 @@ async def _wait_for(
     details: dict[str, Any]
     if status == "not_found":
         code, http, details = "NOT_FOUND", 404, {}
+    elif status == "conflict":  # the details name the field and the contact that holds it
+        code, http, details = "CONFLICT", 409, error.get("details") or {}
     elif error.get("code") == "VALIDATION_ERROR":
-        details = {"fields": {"custom_fields": error["message"]}}
+        details = error.get("details") or {"fields": {"custom_fields": error["message"]}}
         code, http = "VALIDATION_ERROR", 400
     else:
         code, http, details = "INTERNAL_ERROR", 500, {"update_id": update.update_id}

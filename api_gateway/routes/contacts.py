@@ -17,6 +17,7 @@ from api_gateway.state import GatewayDep
 from contactsync.contact_query import BadCursor, ContactFilter, SortKey, list_contacts
 from contactsync.contacts import contact_to_dict, create_contact, delete_contact, get_contact
 from contactsync.errors import NotFound, ValidationFailed
+from contactsync.identities import parse_external_id
 from contactsync.keys import Principal
 from contactsync.schemas import (
     CONTACT_ID_PATTERN,
@@ -38,6 +39,11 @@ _TAGS_HELP = "comma-separated; a contact must have every one"
 _CURSOR_HELP = "next_cursor of the previous page (created_at order only)"
 NO_NUL = "^[^\\u0000]*$"  # PostgreSQL text cannot hold NUL: refuse it as a 400, not a 500
 _SINCE_HELP = "RFC 3339 date-time with its offset, like 2024-01-15T10:30:00Z"
+_EMAIL_HELP = "the contact with this email, compared case-insensitively"
+_LINKEDIN_HELP = "the contact with this LinkedIn profile, given in any form of its URL"
+_EXTERNAL_HELP = "`system:id`, like hubspot:51: the contact with this external id"
+# The form `identities.parse_external_id` reads, stated for the OpenAPI document.
+_EXTERNAL_ID = "^[a-z0-9_]{1,32}:[^\\u0000]{1,255}$"
 
 
 def _instant(text: str) -> datetime:
@@ -84,7 +90,15 @@ async def list_all(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     search: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
     company: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
-    email: Annotated[str | None, Query(max_length=254, pattern=NO_NUL)] = None,
+    email: Annotated[
+        str | None, Query(max_length=254, pattern=NO_NUL, description=_EMAIL_HELP)
+    ] = None,
+    linkedin_url: Annotated[
+        str | None, Query(max_length=2048, pattern=NO_NUL, description=_LINKEDIN_HELP)
+    ] = None,
+    external_id: Annotated[
+        str | None, Query(max_length=288, pattern=_EXTERNAL_ID, description=_EXTERNAL_HELP)
+    ] = None,
     source: Literal["linkedin", "csv", "crm", "api", "manual", "other"] | None = None,
     tags: Annotated[
         str | None, Query(max_length=2000, pattern=NO_NUL, description=_TAGS_HELP)
@@ -101,13 +115,21 @@ async def list_all(
     """List the caller's contacts: filters, pages, and a stable cursor for sync jobs."""
     assert source is None or source in SOURCES
     # Stored text is NFC (DESIGN §2): a filter in another form of the same text still matches.
-    search, company, email, tags = (
-        v and unicodedata.normalize("NFC", v) for v in (search, company, email, tags)
+    search, company, email, tags, linkedin_url = (
+        v and unicodedata.normalize("NFC", v)
+        for v in (search, company, email, tags, linkedin_url)
     )
     wanted_tags = tuple(t.strip() for t in (tags or "").split(",") if t.strip())
     since = _instant(updated_since) if updated_since is not None else None
+    system_id = None
+    if external_id is not None:
+        system_id = parse_external_id(external_id)
+        if system_id is None:
+            raise ValidationFailed({"external_id": "must be system:id, like hubspot:51 "
+                                    "(system: 1 to 32 of a-z 0-9 _; id: 1 to 255 characters)"})
     query = ContactFilter(
-        principal.account_id, search, company, email, source, wanted_tags, since
+        principal.account_id, search, company, email, source, wanted_tags, since,
+        linkedin_url, system_id,
     )
 
     def load() -> dict[str, Any]:
@@ -138,10 +160,11 @@ async def list_all(
     response_model=None,
     status_code=201,
     openapi_extra=body_schema(ContactCreate),
-    responses={201: {"model": ContactEnvelope}, **error_responses(400, 403, 413, 415)},
+    responses={201: {"model": ContactEnvelope}, **error_responses(400, 403, 409, 413, 415)},
 )
 async def create(request: Request, principal: Writer, gateway: GatewayDep) -> JSONResponse:
-    """Create a contact; `name` is required and `source` defaults to "other"."""
+    """Create a contact; `name` is required and `source` defaults to "other". 409 when
+    another contact of the account has its email, LinkedIn URL or one of its external ids."""
     fields = parse_body(ContactCreate, await read_json(request)).model_dump()
 
     def insert() -> dict[str, Any]:

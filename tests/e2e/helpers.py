@@ -17,7 +17,7 @@ from tests.support import wait_until
 
 CONTACT_KEYS = {
     "id", "name", "email", "phone", "company", "position", "source", "linkedin_url", "tags",
-    "custom_fields", "created_at", "updated_at",
+    "custom_fields", "external_ids", "created_at", "updated_at",
 }
 UPDATE_KEYS = {
     "update_id", "contact_id", "status", "received_at", "applied_at", "changed_fields", "error",
@@ -90,7 +90,7 @@ def assert_contact_shape(data: dict[str, Any]) -> None:
 def assert_update_shape(data: dict[str, Any]) -> None:
     assert set(data) == UPDATE_KEYS, sorted(data)
     assert data["update_id"].startswith("upd_"), data
-    assert data["status"] in {"queued", "applied", "noop", "not_found", "failed"}, data
+    assert data["status"] in {"queued", "applied", "noop", "conflict", "not_found", "failed"}, data
     assert TIME.match(data["received_at"]), data
     assert data["applied_at"] is None or TIME.match(data["applied_at"]), data
     assert isinstance(data["changed_fields"], list), data

@@ -78,3 +78,47 @@ def test_a_commit_that_fails_leaves_its_updates_to_retry_none_finished(
         again = apply_with_fallback(runtime, result.transient)  # the task's retry
     assert [o.status for o in again.outcomes] == ["applied", "applied"]
     assert {i: r.status for i, r in records(db, ids).items()} == dict.fromkeys(ids, "applied")
+
+
+def test_an_identity_taken_by_a_concurrent_transaction_ends_conflict_without_a_retry(
+    db: Database, runtime: Runtime
+) -> None:
+    tenant = make_tenant(db, "acme")
+    first_id, second_id = (make_contact(db, tenant.account_id) for _ in range(2))
+    first = accepted(tenant.account_id, first_id, {"email": "jane@example.com"})
+    second = accepted(tenant.account_id, second_id, {"email": "JANE@example.com"})
+    results: list[BatchResult] = []
+    # The second looks the identity up before the first commits, and finds it free: only the
+    # identity index (PostgreSQL) or the write lock (SQLite) stands between it and a duplicate.
+    with runtime.db.unit_of_work() as session:
+        (taken,) = apply_batch(session, [first], utcnow())
+        racer = threading.Thread(
+            target=lambda: results.append(apply_with_fallback(runtime, [second]))
+        )
+        racer.start()
+        assert racer.native_id is not None
+        wait_blocked(runtime.db, racer.native_id, racer.is_alive)
+    racer.join(30)
+    (result,) = results
+    assert taken.status == "applied"
+    assert result.transient == [] and result.permanent == []
+    (outcome,) = result.outcomes
+    assert outcome.status == "conflict"
+    assert outcome.error is not None
+    assert outcome.error["details"] == {"field": "email", "contact_id": first_id}
+    assert records(db)[second.update_id].status == "conflict"
+    assert dead_letters(db) == {}
+
+
+def test_a_redelivered_conflict_still_names_the_holder(db: Database) -> None:
+    tenant = make_tenant(db, "acme")
+    holder = make_contact(db, tenant.account_id, email="jane@example.com")
+    other = make_contact(db, tenant.account_id)
+    update = accepted(tenant.account_id, other, {"email": "jane@example.com"})
+    for _ in range(2):
+        with db.unit_of_work() as session:
+            (outcome,) = apply_batch(session, [update], utcnow())
+        assert outcome.status == "conflict"
+        assert outcome.error is not None
+        assert outcome.error["details"] == {"field": "email", "contact_id": holder}
+    assert outcome.duplicate

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from contactsync.merge import (
     CUSTOM_FLOOR,
     CUSTOM_PREFIX,
+    EXTERNAL_PREFIX,
     MAX_MARKERS,
     SCALAR_FIELDS,
     Change,
@@ -47,6 +48,9 @@ cf_values = (
 )
 cf_present_values = cf_values.filter(lambda v: v is not None)
 custom_patches = st.dictionaries(st.sampled_from(CF_KEYS), cf_values, max_size=3)
+EXT_SYSTEMS = ("hubspot", "salesforce")
+ext_ids = st.sampled_from(["51", "52"])
+external_patches = st.dictionaries(st.sampled_from(EXT_SYSTEMS), st.none() | ext_ids, max_size=2)
 
 patches = st.fixed_dictionaries(
     {},
@@ -59,6 +63,7 @@ patches = st.fixed_dictionaries(
         "linkedin_url": nullable_text,
         "tags": tag_lists,
         "custom_fields": custom_patches,
+        "external_ids": external_patches,
     },
 )
 
@@ -79,7 +84,10 @@ def updates(draw: st.DrawFn, min_size: int = 0, max_size: int = 6) -> list[Updat
 
 
 def _seq_keys() -> list[str]:
-    return [*SCALAR_FIELDS, "tags", *(CUSTOM_PREFIX + k for k in CF_KEYS)]
+    return [
+        *SCALAR_FIELDS, "tags", *(CUSTOM_PREFIX + k for k in CF_KEYS),
+        *(EXTERNAL_PREFIX + s for s in EXT_SYSTEMS),
+    ]
 
 
 @st.composite
@@ -95,7 +103,8 @@ def loaded_states(draw: st.DrawFn) -> ContactState:
             st.sampled_from(_seq_keys()), st.integers(min_value=0, max_value=20), max_size=6
         )
     )
-    return ContactState(fields, tags, custom, seqs)
+    external = draw(st.dictionaries(st.sampled_from(EXT_SYSTEMS), ext_ids, max_size=2))
+    return ContactState(fields, tags, custom, seqs, external)
 
 
 empty_or_loaded_states = st.just(ContactState()) | loaded_states()
@@ -146,6 +155,10 @@ def expected_changes(before: ContactState, patch: Mapping[str, Any]) -> dict[str
                 out[CUSTOM_PREFIX + key] = Change(old, None)
         elif not present or type(old) is not type(value) or old != value:
             out[CUSTOM_PREFIX + key] = Change(old, value)
+    for system, ext in patch.get("external_ids", {}).items():
+        old_ext = before.external_ids.get(system)
+        if old_ext != ext:
+            out[EXTERNAL_PREFIX + system] = Change(old_ext, ext)
     return out
 
 
@@ -264,6 +277,7 @@ def test_every_field_sent_records_the_new_sequence(start: ContactState, patch: P
     seqs = merge(start, patch, seq).state.field_seqs
     sent = [n for n in (*SCALAR_FIELDS, "tags") if n in patch]
     sent += [CUSTOM_PREFIX + k for k in patch.get("custom_fields", {})]
+    sent += [EXTERNAL_PREFIX + k for k in patch.get("external_ids", {})]
     for name in sent:
         assert seqs[name] == seq
     for name, old in start.field_seqs.items():
@@ -275,7 +289,9 @@ def test_every_field_sent_records_the_new_sequence(start: ContactState, patch: P
 @given(start=loaded_states(), patch=patches)
 def test_a_patch_older_than_every_field_changes_nothing(start: ContactState, patch: Patch) -> None:
     keys = _seq_keys()
-    guarded = ContactState(start.fields, start.tags, start.custom_fields, dict.fromkeys(keys, 50))
+    guarded = ContactState(
+        start.fields, start.tags, start.custom_fields, dict.fromkeys(keys, 50), start.external_ids
+    )
     result = merge(guarded, patch, 49)
     assert result.changes == {}
     assert_same_state(result.state, guarded)
@@ -296,6 +312,10 @@ def noop_patches(draw: st.DrawFn, state: ContactState) -> Patch:
             if draw(st.booleans()):
                 cf[key] = state.custom_fields.get(key)  # None for absent: deleting nothing
         patch["custom_fields"] = cf
+    if draw(st.booleans()):
+        patch["external_ids"] = {
+            s: state.external_ids.get(s) for s in EXT_SYSTEMS if draw(st.booleans())
+        }
     return patch
 
 
@@ -310,6 +330,7 @@ def test_a_patch_with_the_current_values_is_a_noop(
     assert dict(result.state.fields) == dict(start.fields)
     assert result.state.tags == start.tags
     assert dict(result.state.custom_fields) == dict(start.custom_fields)
+    assert dict(result.state.external_ids) == dict(start.external_ids)
 
 
 @QUICK
@@ -331,12 +352,15 @@ def test_same_value_newer_sequence_still_blocks_an_older_different_value(
         echo["tags"] = list(start.tags)
     if "custom_fields" in shape:
         echo["custom_fields"] = {k: start.custom_fields.get(k) for k in shape["custom_fields"]}
+    if "external_ids" in shape:
+        echo["external_ids"] = {k: start.external_ids.get(k) for k in shape["external_ids"]}
     newer_seq = max_seq(start) + 10
     after_echo = merge(start, echo, newer_seq)
     assert after_echo.changes == {}
     late = merge(after_echo.state, older, newer_seq - gap)
     echoed = [n for n in (*SCALAR_FIELDS, "tags") if n in echo]
     echoed += [CUSTOM_PREFIX + k for k in echo.get("custom_fields", {})]
+    echoed += [EXTERNAL_PREFIX + k for k in echo.get("external_ids", {})]
     for name in echoed:
         assert name not in late.changes
     for name in SCALAR_FIELDS:
@@ -346,11 +370,25 @@ def test_same_value_newer_sequence_still_blocks_an_older_different_value(
         assert late.state.tags == start.tags
     for key in echo.get("custom_fields", {}):
         assert late.state.custom_fields.get(key) == start.custom_fields.get(key)
+    for key in echo.get("external_ids", {}):
+        assert late.state.external_ids.get(key) == start.external_ids.get(key)
 
 
 # --------------------------------------------------------------------------------------
 # Examples: the rules spelled out.
 # --------------------------------------------------------------------------------------
+
+
+def test_external_ids_merge_system_by_system() -> None:
+    start = merge(ContactState(), {"external_ids": {"hubspot": "51", "salesforce": "x"}}, 1).state
+    result = merge(start, {"external_ids": {"hubspot": None, "pipedrive": "7"}}, 2)
+    assert dict(result.state.external_ids) == {"salesforce": "x", "pipedrive": "7"}
+    assert result.changes == {
+        "external_ids.hubspot": Change("51", None),
+        "external_ids.pipedrive": Change(None, "7"),
+    }
+    # The removal is a marker: an older write of the system arriving late stays out.
+    assert merge(result.state, {"external_ids": {"hubspot": "50"}}, 1).changes == {}
 
 
 def test_tags_replace_not_merge() -> None:
