@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import Request
 
-from api_gateway.ratelimit import STATE_KEY, refuse
+from api_gateway.ratelimit import Token
 from contactsync.errors import InsufficientPermissions, InvalidApiKey, MissingApiKey
 from contactsync.keys import Principal
 
@@ -48,16 +48,6 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
-async def spend_token(request: Request, principal: Principal) -> None:
-    """Spend one token of the key's rate-limit bucket; 429 when it has none."""
-    decision = await request.app.state.rate_limiter.take(
-        principal.key_id, principal.rate_limit_per_second
-    )
-    setattr(request.state, STATE_KEY, decision)
-    if not decision.allowed:
-        raise refuse(decision)
-
-
 def check_permission(principal: Principal, permission: str) -> None:
     if permission not in principal.permissions:
         raise InsufficientPermissions(f"This API key lacks the {permission} permission.")
@@ -70,7 +60,7 @@ async def authorize(request: Request, permission: str) -> Principal:
     its limit is answered 429 whatever else is wrong with the request.
     """
     principal = await authenticate(request)
-    await spend_token(request, principal)
+    await Token(request, principal).spend()
     check_permission(principal, permission)
     return principal
 

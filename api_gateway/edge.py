@@ -5,9 +5,12 @@ the busiest route straight to its endpoint.
 One send wrapper does the first three, because every layer of ASGI middleware costs each
 request a call, a closure and a wrapped `send`: on a gateway meant for thousands of requests a
 second that adds up. For the same reason `PUT /external/v1/contacts/{id}` does not go through
-FastAPI at all: FastAPI's own layers (its error and telemetry middlewares, routing, dependency
-resolution) cost each request more than the route's own work. It is the same endpoint
-function FastAPI documents in the OpenAPI document, and its errors get the same handlers.
+FastAPI at all: FastAPI's own layers (its error and telemetry middlewares, routing, request
+handling) cost each request about two thirds as much again as everything else it does.
+Measured against the same gateway with the PUT routed by FastAPI (`python -m bench.variants
+ours plain`, docs/benchmarks.md, 2026-12-04): 1.6-1.7 times the PUTs per CPU-second, about
+170 µs of CPU a request against 280 µs. It is the same endpoint function FastAPI documents
+in the OpenAPI document, and its errors get the same handlers.
 """
 
 from __future__ import annotations
@@ -87,9 +90,9 @@ async def finish(
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
-            decision = state.get(STATE_KEY)
-            if decision is not None:
-                message["headers"] = [*message.get("headers", ()), *decision.headers()]
+            token = state.get(STATE_KEY)
+            if token is not None and token.decision is not None:
+                message["headers"] = [*message.get("headers", ()), *token.decision.headers()]
         await send(message)
 
     try:

@@ -5,6 +5,7 @@ takes a token if there is one, and answers what the `X-RateLimit-*` headers need
 that arrive together share one EVALSHA: under load a round trip per request would cost more
 than everything else the request does. The contact PUT spends its token in the accept
 script instead (contactsync/queue/accept.py), in the same round trip that queues its update.
+Either way a request spends through its `Token`, the one way in.
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from redis.asyncio import Redis
+from starlette.requests import Request
 
 from contactsync import names, scripts
-from contactsync.errors import RateLimited
-from contactsync.queue.accept import BucketState, RateLimit
+from contactsync.errors import ClientError, RateLimited
+from contactsync.keys import Principal
+from contactsync.queue.accept import Accepted, BucketState, RateLimit, RateRefused
 
 BURST_FACTOR = 2  # a bucket holds twice the rate: a key may burst to 2 seconds' worth at once
 UPDATE_BURST_FACTOR = 10  # an update bucket holds ten seconds' worth...
 MIN_UPDATE_BURST = 1000  # ...and at least a full batch, so that any batch can pass in time
-STATE_KEY = "rate_limit"  # where a request's decision waits for the response headers
+STATE_KEY = "rate_limit"  # where a request's Token waits for the response headers
 
 
 @dataclass(frozen=True)
@@ -150,3 +154,58 @@ def refuse(decision: RateDecision) -> RateLimited:
         f"second (bursts of {decision.limit}).",
         retry_after=decision.retry_after_seconds,
     )
+
+
+class Token:
+    """One request's rate-limit token: each request with a key spends exactly one, and its
+    answer, whatever it is, carries what the bucket said (`api_gateway.edge` adds the
+    `X-RateLimit-*` headers from `decision`; a 429 also says `Retry-After`).
+
+    `spend()` takes it at once. The contact PUT enters it instead (`async with`), to have the
+    accept script spend it in the round trip that queues the update: `for_script()` hands the
+    script the bucket and `settle()` takes its answer. A request that leaves without the
+    script having spent its token (refused before queueing, a replay, a backlog refusal)
+    spends it on the way out, and over its key's limit is answered 429 whatever else was
+    wrong with it.
+    """
+
+    def __init__(self, request: Request, principal: Principal) -> None:
+        self._limiter: RateLimiter = request.app.state.rate_limiter
+        self._key_id = principal.key_id
+        self._limit = self._limiter.limit_of(principal.key_id, principal.rate_limit_per_second)
+        self.decision: RateDecision | None = None
+        setattr(request.state, STATE_KEY, self)
+
+    async def spend(self) -> None:
+        """Spend the token now unless it was spent; 429 when the bucket has none."""
+        if self.decision is None:
+            self._decide(await self._limiter.take(self._key_id, self._limit.rate))
+
+    def for_script(self) -> RateLimit | None:
+        """Return the bucket the accept script is to spend from; None once spent."""
+        return self._limit if self.decision is None else None
+
+    def settle(self, outcome: object) -> None:
+        """Take the accept script's answer; 429 when the bucket had no token."""
+        if isinstance(outcome, RateRefused):
+            self._limiter.note_empty(self._key_id, outcome.bucket)
+            self._decide(RateDecision.of(self._limit.rate, outcome.bucket))
+        elif isinstance(outcome, Accepted) and outcome.bucket is not None:
+            self._decide(RateDecision.of(self._limit.rate, outcome.bucket))
+
+    def _decide(self, decision: RateDecision) -> None:
+        self.decision = decision
+        if not decision.allowed:
+            raise refuse(decision)
+
+    async def __aenter__(self) -> Token:
+        if self._limiter.known_empty(self._key_id):  # over its limit a moment ago: refused
+            await self.spend()  # here, most likely, instead of sending a flush twice
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, ClientError):
+            await self.spend()

@@ -166,6 +166,15 @@ def start_gateway(env: dict[str, str], port: int, workers: int, log_dir: Path) -
     return service
 
 
+def start_plain(env: dict[str, str], port: int, workers: int, log_dir: Path) -> Service:
+    """Our gateway with its PUT routed by FastAPI (`bench/plain_gateway.py`)."""
+    service = start("plain", [sys.executable, "-m", "bench.plain_gateway", "--port", str(port),
+                              "--workers", str(workers)], env, log_dir)
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, "gateway")
+    wait_listening(port, workers, "gateway")
+    return service
+
+
 def start_bare(env: dict[str, str], port: int, workers: int, log_dir: Path) -> Service:
     service = start("bare", [sys.executable, "-m", "bench.bare_app", "--port", str(port),
                              "--workers", str(workers)], env, log_dir)

@@ -1,7 +1,8 @@
 """`python -m bench.variants`: section (a) for gateway variants, with where the CPU went.
 
 Each argument names a server and, optionally, settings for it: `bare`, `ours`,
-`ours:CONTACTSYNC_PUBLISH_LINGER_MS=0,CONTACTSYNC_PUBLISH_MAX_BATCH=50`. For each, in the
+`ours:CONTACTSYNC_PUBLISH_LINGER_MS=0,CONTACTSYNC_PUBLISH_MAX_BATCH=50`; `plain` is ours with
+its PUT routed by FastAPI instead of `api_gateway/edge.py`. For each, in the
 order given, it starts the server (2 processes unless `--processes`), warms it up, drives it
 with wrk as section (a) does, and prints req/s, p50 and p99, the CPU each server process used
 during the run, and how many of wrk's connections each process held. Alternate variants
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             name, _, extra = variant.partition(":")
             env = services.env_for(settings, **dict(e.split("=", 1) for e in extra.split(",") if e))
             port = services.free_port()
-            start = services.start_bare if name == "bare" else services.start_gateway
+            start = {"bare": services.start_bare,
+                     "plain": services.start_plain}.get(name, services.start_gateway)
             server = start(env, port, args.processes, workdir)
             url = f"http://127.0.0.1:{port}"
             try:

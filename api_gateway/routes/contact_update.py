@@ -9,24 +9,17 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from api_gateway import idempotency
-from api_gateway.auth import authenticate, check_permission, spend_token
+from api_gateway.auth import authenticate, check_permission
 from api_gateway.backlog import refusal as backlog_refusal
 from api_gateway.body import read_json
 from api_gateway.http_metrics import ENQUEUE_SECONDS, WAIT_OUTCOMES
-from api_gateway.ratelimit import STATE_KEY as RATE_STATE_KEY
-from api_gateway.ratelimit import RateDecision, RateLimiter, refuse
+from api_gateway.ratelimit import Token
 from api_gateway.responses import JSONResponse, error_responses
 from api_gateway.state import Gateway
 from contactsync import names
-from contactsync.errors import ClientError, NotFound
+from contactsync.errors import NotFound
 from contactsync.ids import new_update_id
-from contactsync.queue.accept import (
-    Accepted,
-    BacklogRefused,
-    RateRefused,
-    Replayed,
-    Submission,
-)
+from contactsync.queue.accept import Accepted, BacklogRefused, Replayed, Submission
 from contactsync.schemas import (
     CONTACT_ID_PATTERN,
     ContactEnvelope,
@@ -78,14 +71,11 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
     """Update a contact: only the fields sent change; tags are replaced, custom fields merged."""
     # The busiest route reads its key and headers itself, and `api_gateway.edge` calls it
     # without FastAPI's routing: both cost more per request than everything it does. Its
-    # rate-limit token is spent by the script that queues its update, in the same round trip.
+    # rate-limit token is spent by the script that queues its update, in the same round trip
+    # (`Token`: every way this request can spend its one token).
     gateway: Gateway = request.app.state.gateway
-    limiter: RateLimiter = request.app.state.rate_limiter
     principal = await authenticate(request)
-    spent = limiter.known_empty(principal.key_id)
-    if spent:  # over its limit a moment ago: refused here, most likely
-        await spend_token(request, principal)
-    try:
+    async with Token(request, principal) as token:
         check_permission(principal, "contacts:write")
         request.app.state.backlog.check(principal.account_id)
         body = await read_json(request)
@@ -93,49 +83,33 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
         if not CONTACT_ID_PATTERN.fullmatch(contact_id):
             raise NotFound("Contact not found.")
         idem = idempotency.of_request(request, "PUT", body)
-    except ClientError:
-        # Every request spends a token, and one over its key's limit is answered 429 whatever
-        # else is wrong with it.
-        if not spent:
-            await spend_token(request, principal)
-        raise
-    respond_async = _wants_async(request.headers.get("prefer"))
-    update_id = new_update_id()
-    limit = limiter.limit_of(principal.key_id, principal.rate_limit_per_second)
-    submission = Submission(
-        update_id=update_id, account_id=principal.account_id, contact_id=contact_id,
-        patch=patch, queue=names.UPDATES_QUEUE, idempotency=idem,
-        reply_to=None if respond_async else gateway.waiter.channel,
-        rate_limit=None if spent else limit,
-    )
-    if not respond_async:
-        gateway.waiter.expect(update_id)
-    started = time.perf_counter()
-    try:
-        outcome = await gateway.publisher.submit(submission)
-        ENQUEUE_SECONDS.observe(time.perf_counter() - started)
-    except BaseException:
-        gateway.waiter.forget(update_id)
-        raise
-    if not isinstance(outcome, Accepted):
-        gateway.waiter.forget(update_id)
-    if isinstance(outcome, RateRefused):
-        limiter.note_empty(principal.key_id, outcome.bucket)
-        decision = RateDecision.of(limit.rate, outcome.bucket)
-        setattr(request.state, RATE_STATE_KEY, decision)
-        raise refuse(decision)
-    if isinstance(outcome, BacklogRefused):
-        request.app.state.backlog.note_refused(principal.account_id)
-        if not spent:  # the queueing script spent none for it
-            await spend_token(request, principal)
-        raise backlog_refusal()
-    if isinstance(outcome, Replayed):
-        if not spent:  # the queueing script spent none for it
-            await spend_token(request, principal)
-        assert idem is not None
-        return idempotency.replay(outcome.record, idem)
-    if outcome.bucket is not None:
-        setattr(request.state, RATE_STATE_KEY, RateDecision.of(limit.rate, outcome.bucket))
+        respond_async = _wants_async(request.headers.get("prefer"))
+        update_id = new_update_id()
+        submission = Submission(
+            update_id=update_id, account_id=principal.account_id, contact_id=contact_id,
+            patch=patch, queue=names.UPDATES_QUEUE, idempotency=idem,
+            reply_to=None if respond_async else gateway.waiter.channel,
+            rate_limit=token.for_script(),
+        )
+        if not respond_async:
+            gateway.waiter.expect(update_id)
+        started = time.perf_counter()
+        try:
+            outcome = await gateway.publisher.submit(submission)
+            ENQUEUE_SECONDS.observe(time.perf_counter() - started)
+        except BaseException:
+            gateway.waiter.forget(update_id)
+            raise
+        if not isinstance(outcome, Accepted):
+            gateway.waiter.forget(update_id)
+        token.settle(outcome)
+        if isinstance(outcome, BacklogRefused):
+            request.app.state.backlog.note_refused(principal.account_id)
+            raise backlog_refusal()
+        if isinstance(outcome, Replayed):
+            assert idem is not None
+            return idempotency.replay(outcome.record, idem)
+    assert isinstance(outcome, Accepted)  # the token's settle() answered a RateRefused 429
     if respond_async:
         status, payload, headers = _accepted(outcome.update, async_applied=True)
     else:

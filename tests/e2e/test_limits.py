@@ -113,6 +113,28 @@ def test_every_request_spends_from_its_key_and_errors_carry_the_headers(stack: S
         assert not any(h in response.headers for h in RATE_HEADERS), response.headers
 
 
+def test_a_replayed_put_spends_its_token_too_and_is_refused_over_the_limit(
+    stack: Stack,
+) -> None:
+    # The accept script spends nothing for a replay: the PUT spends its token on the way out.
+    tenant = limited_tenant(stack, "replays", rate=1)  # a bucket of 2, refilled at 1 a second
+    contact_id = make_contact(stack.db, tenant.account_id)
+    client = api(stack, tenant.key)
+    headers = {"Idempotency-Key": "replayed-1", **ASYNC}
+    answers = [
+        client.put(contact_path(contact_id), json={"position": "CTO"}, headers=headers)
+        for _ in range(3)
+    ]
+    first, replay, over = answers
+    assert first.status_code == replay.status_code == 202, replay.text
+    assert replay.json() == first.json()
+    assert assert_rate_headers(first, limit=2) == 1
+    assert assert_rate_headers(replay, limit=2) == 0
+    assert_error(over, 429, "RATE_LIMIT_EXCEEDED")
+    assert over.headers["retry-after"] == "1"
+    assert assert_rate_headers(over, limit=2) == 0
+
+
 def test_the_bucket_is_shared_by_every_gateway_process(stack: Stack, tmp_path: Path) -> None:
     only_on_sqlite(stack)
     tenant = limited_tenant(stack, "shared", rate=1)  # a bucket of 2, a token back a second
