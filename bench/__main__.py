@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke form for CI")
     args = parser.parse_args(argv)
     sections = [s for s in args.only.split(",") if s]
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, services.private_redis() as redis:
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, services.private_redis() as redis, \
+            services.fresh_database(args.backend, Path(tmp)) as url:
         workdir = Path(tmp)
-        url = services.database_url(args.backend, workdir)
         settings = Settings(database_url=url, redis_url=redis)
         contacts = 50 if args.quick else args.contacts
         key, ids = services.seed(settings, contacts)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from sqlalchemy import text
 
 from bench.processes import ROOT, free_port, start_redis, worker_args
 from contactsync import supervise
@@ -25,11 +24,10 @@ from contactsync.contacts import create_contact
 from contactsync.db import Database
 from contactsync.keys import create_key
 from contactsync.migrate import upgrade
-from contactsync.models import Base
 from contactsync.settings import Settings
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-PG_DB = "contactsync_bench"
+PG_DB_PREFIX = "contactsync_bench_"
 
 
 @contextmanager
@@ -48,23 +46,30 @@ def private_redis() -> Iterator[str]:
             process.stop(10)
 
 
-def database_url(backend: str, workdir: Path) -> str:
-    """Return a fresh, migrated database of the given backend."""
+@contextmanager
+def fresh_database(backend: str, workdir: Path) -> Iterator[str]:
+    """Yield the URL of a new, migrated database of the given backend, dropped afterwards.
+
+    A PostgreSQL database of this run's own: two benches side by side (a developer's and a
+    test's) must never drop each other's tables.
+    """
     if backend == "sqlite":
         url = f"sqlite:///{workdir / 'bench.db'}"
-    else:
+        upgrade(url)
+        yield url
+        return
+    name = f"{PG_DB_PREFIX}{os.getpid()}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    url = f"{url}/{name}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname=%s", (PG_DB,)).fetchone():
-                conn.execute(f'CREATE DATABASE "{PG_DB}"')
-        url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-        url = f"{url}/{PG_DB}"
-        db = Database(Settings(database_url=url))
-        with db.engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-        db.dispose()
-    upgrade(url)
-    return url
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def seed(settings: Settings, contacts: int) -> tuple[str, list[str]]:

@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, services.private_redis() as redis:
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, services.private_redis() as redis, \
+            services.fresh_database("postgresql", Path(tmp)) as url:
         workdir = Path(tmp)
-        settings = Settings(database_url=services.database_url("postgresql", workdir),
-                            redis_url=redis)
+        settings = Settings(database_url=url, redis_url=redis)
         key, ids = services.seed(settings, 1000)
         for variant in args.variants:
             name, _, extra = variant.partition(":")
