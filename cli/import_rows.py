@@ -191,7 +191,7 @@ def _map_header(cells: list[str], upsert: bool = False) -> _Header:
             elif lowered in export.columns:
                 columns[index] = export.columns[lowered]
             elif _ours(lowered):
-                columns[index] = _target(index, label) or ""
+                columns[index] = _target(index, label) or label  # never None: no prefix is ignored
             elif label and lowered not in export.ignored:
                 # Whatever else an export carries (owners, stages, dates) has no field here.
                 dropped.append(label)
