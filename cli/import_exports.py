@@ -85,7 +85,8 @@ def recognise(labels: set[str]) -> Export | None:
         return SALESFORCE
     if "id" in labels:
         return None
-    if {"first name", "last name", "url", "connected on"} <= labels:
+    # Exports from before 2020 have no URL column: recognised all the same, matched by email.
+    if {"first name", "last name", "connected on"} <= labels:
         return LINKEDIN
     if "record id" in labels and bool(labels & {"first name", "last name", "email"}):
         return HUBSPOT

@@ -99,6 +99,15 @@ def test_salesforce_exports_with_id_or_contact_id_are_recognised(
     assert rows_of(EXPORTS / name)[0].update == first
 
 
+def test_an_older_linkedin_export_without_urls_is_recognised(tmp_path: Path) -> None:
+    path = tmp_path / "Connections.csv"
+    path.write_text("First Name,Last Name,Email Address,Company,Position,Connected On\n"
+                    "Ada,Lovelace,ada@example.com,Acme,CTO,15 Jan 2019\n")
+    assert layout_of(path, "csv").export == LINKEDIN
+    assert rows_of(path)[0].update == {"name": "Ada Lovelace", "email": "ada@example.com",
+                                       "company": "Acme", "position": "CTO"}
+
+
 def test_the_salesforce_data_export_names_are_read_too() -> None:
     text = "Id,FirstName,LastName,Email,Title\n003A,Zoë,Ångström,zoe@example.se,Prof\n"
     [row] = list(parse_csv(io.StringIO(text, newline="")))
