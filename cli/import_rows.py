@@ -181,6 +181,7 @@ def _map_header(cells: list[str], upsert: bool = False) -> _Header:
     columns: dict[int, str] = {}
     name_parts: list[tuple[int, int]] = []  # (place in the name, column)
     dropped: list[str] = []
+    own: list[tuple[int, str]] = []  # a recognised export's columns named in our format
     for index, raw in enumerate(cells):
         label = raw.strip()
         lowered = label.lower()
@@ -191,7 +192,7 @@ def _map_header(cells: list[str], upsert: bool = False) -> _Header:
             elif lowered in export.columns:
                 columns[index] = export.columns[lowered]
             elif _ours(lowered):
-                columns[index] = _target(index, label) or label  # never None: no prefix is ignored
+                own.append((index, label))
             elif label and lowered not in export.ignored:
                 # Whatever else an export carries (owners, stages, dates) has no field here.
                 dropped.append(label)
@@ -202,6 +203,14 @@ def _map_header(cells: list[str], upsert: bool = False) -> _Header:
         target = _target(index, label)
         left_out = UPSERT_READ_ONLY if upsert else READ_ONLY
         if target is not None and target.removeprefix(JSON_PREFIX) not in left_out:
+            columns[index] = target
+    taken = {t.removeprefix(JSON_PREFIX) for t in columns.values()}
+    taken |= {"name"} if name_parts else set()
+    for index, label in own:
+        target = _target(index, label) or label  # never None: no such column is ignored
+        if target.removeprefix(JSON_PREFIX) in taken:
+            dropped.append(label)  # e.g. Salesforce's `Name` beside `FirstName` and `LastName`
+        else:
             columns[index] = target
     targets = [t.removeprefix(JSON_PREFIX) for t in columns.values()]
     targets += ["name"] if name_parts else []

@@ -108,12 +108,16 @@ def test_an_older_linkedin_export_without_urls_is_recognised(tmp_path: Path) -> 
                                        "company": "Acme", "position": "CTO"}
 
 
-def test_the_salesforce_data_export_names_are_read_too() -> None:
-    text = "Id,FirstName,LastName,Email,Title\n003A,Zoë,Ångström,zoe@example.se,Prof\n"
-    [row] = list(parse_csv(io.StringIO(text, newline="")))
-    assert isinstance(row, Row)
-    assert row.update == {"external_ids": {"salesforce": "003A"}, "name": "Zoë Ångström",
-                          "email": "zoe@example.se", "position": "Prof"}
+def test_the_salesforce_data_export_names_are_read_too(tmp_path: Path) -> None:
+    # A data export (Data Loader) names columns as the API does, upper-cased, `Name` included.
+    path = tmp_path / "Contact.csv"
+    path.write_text('"ID","ACCOUNTID","FIRSTNAME","LASTNAME","NAME","EMAIL","TITLE"\n'
+                    '"003A","001B","Zoë","Ångström","Zoë Ångström","zoe@example.se","Prof"\n')
+    layout = layout_of(path, "csv")
+    assert (layout.export, layout.dropped) == (SALESFORCE, ("ACCOUNTID", "NAME"))
+    assert rows_of(path)[0].update == {
+        "external_ids": {"salesforce": "003A"}, "name": "Zoë Ångström",
+        "email": "zoe@example.se", "position": "Prof"}
 
 
 def test_our_own_format_with_an_id_is_no_export_and_still_needs_its_id(tmp_path: Path) -> None:
