@@ -8,6 +8,10 @@ export` writes what a plain cell cannot carry (numbers, booleans, padded strings
 An empty cell is not sent, so it never clears a field. JSON lines: each line one batch item,
 exactly as the API takes it. In both, `created_at`, `updated_at` and `source` (what an export
 carries and an update cannot change) are read and left out, so an export imports back as is.
+`external_ids.<system>` columns go into `external_ids`.
+
+Upserting (`--match`, or a recognised export: cli/import_exports.py), no `id` is needed and
+one is left out, and `source` is kept (it names where a created contact came from).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from cli.import_exports import EXTERNAL_PREFIX, Export, MatchError, parse_match, recognise
 
 Format = Literal["csv", "jsonl"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl")
@@ -40,6 +46,8 @@ _IGNORED = frozenset({"connected on"})
 # The contact's own fields that an update cannot set: an export carries them, an import leaves
 # them out (the contact keeps its source and times).
 READ_ONLY = frozenset({"created_at", "updated_at", "source"})
+# An upsert finds its contact by identity, so an `id` is left out; `source` goes, for a create.
+UPSERT_READ_ONLY = frozenset({"created_at", "updated_at", "id"})
 _EXTENSIONS: dict[str, Format] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -87,12 +95,13 @@ def detect_format(path: Path, explicit: str | None = None) -> Format:
     return found
 
 
-def read_items(path: Path, fmt: Format) -> Iterator[Item]:
-    """Yield each row of the file as an update or a row error, in file order."""
+def read_items(path: Path, fmt: Format, upsert: bool = False) -> Iterator[Item]:
+    """Yield each row of the file as an update (or upsert) or a row error, in file order."""
     # utf-8-sig: spreadsheets often write a byte-order mark before the header.
     with path.open(encoding="utf-8-sig", newline="") as handle:
         try:
-            yield from (parse_csv(handle) if fmt == "csv" else parse_jsonl(handle))
+            yield from (parse_csv(handle, upsert) if fmt == "csv"
+                        else parse_jsonl(handle, upsert))
         except UnicodeDecodeError:
             raise ImportFileError(
                 f"{path.name} is not UTF-8 text: save it as UTF-8 and run again"
@@ -104,9 +113,20 @@ class _Header:
     """Where each column of a CSV file goes."""
 
     width: int
-    id_index: int
-    columns: dict[int, str]  # index -> field name or "custom.<key>", either maybe after "json:"
-    name_parts: tuple[int, ...]  # LinkedIn's First Name / Last Name, joined into `name`
+    id_index: int | None  # None when rows are upserted by identity
+    columns: dict[int, str]  # index -> field, "custom.<key>" or "external_ids.<system>",
+    # each maybe after "json:"
+    name_parts: tuple[int, ...]  # First Name / Last Name, joined into `name`
+    export: Export | None = None
+    dropped: tuple[str, ...] = ()  # a recognised export's columns we have no place for
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a file's header decided: the export it is, if any, and the columns left out."""
+
+    export: Export | None
+    dropped: tuple[str, ...]
 
 
 def _target(index: int, label: str, any_field: bool = False) -> str | None:
@@ -126,6 +146,14 @@ def _target(index: int, label: str, any_field: bool = False) -> str | None:
         if not key:
             raise ImportFileError(f"column {index + 1}: 'custom.' needs a key after the dot")
         return CUSTOM_PREFIX + key
+    if lowered.startswith(EXTERNAL_PREFIX):
+        try:
+            parse_match(lowered)
+        except MatchError:
+            raise ImportFileError(
+                f"column {index + 1}: {label!r} needs a system of 1 to 32 of a-z, 0-9, _"
+            ) from None
+        return lowered
     if lowered in _FIELDS or lowered in READ_ONLY:
         return lowered
     if lowered in _LINKEDIN:
@@ -136,21 +164,53 @@ def _target(index: int, label: str, any_field: bool = False) -> str | None:
         return label
     known = ", ".join(_FIELDS)
     raise ImportFileError(
-        f"unknown column {label!r}: use {known}, custom.<key>, json:<column>, "
-        "or LinkedIn's headers"
+        f"unknown column {label!r}: use {known}, custom.<key>, external_ids.<system>, "
+        "json:<column>, or LinkedIn's headers"
     )
 
 
-def _map_header(cells: list[str]) -> _Header:
+def _ours(lowered: str) -> bool:
+    """Say whether a column of a recognised export is named in our own format."""
+    prefixes = (CUSTOM_PREFIX, JSON_PREFIX, EXTERNAL_PREFIX)
+    return lowered.startswith(prefixes) or (lowered in _FIELDS and lowered != "id")
+
+
+def _map_header(cells: list[str], upsert: bool = False) -> _Header:
+    export = recognise({c.strip().lower() for c in cells} - {""})
+    upsert = upsert or export is not None
     columns: dict[int, str] = {}
-    name_parts: list[int] = []
+    name_parts: list[tuple[int, int]] = []  # (place in the name, column)
+    dropped: list[str] = []
+    own: list[tuple[int, str]] = []  # a recognised export's columns named in our format
     for index, raw in enumerate(cells):
         label = raw.strip()
-        if label.lower() in _NAME_PARTS:
-            name_parts.append(index)
+        lowered = label.lower()
+        if export is not None:
+            place = export.name_index(lowered)
+            if place is not None:
+                name_parts.append((place, index))
+            elif lowered in export.columns:
+                columns[index] = export.columns[lowered]
+            elif _ours(lowered):
+                own.append((index, label))
+            elif label and lowered not in export.ignored:
+                # Whatever else an export carries (owners, stages, dates) has no field here.
+                dropped.append(label)
+            continue
+        if lowered in _NAME_PARTS:
+            name_parts.append((_NAME_PARTS.index(lowered), index))
             continue
         target = _target(index, label)
-        if target is not None and target.removeprefix(JSON_PREFIX) not in READ_ONLY:
+        left_out = UPSERT_READ_ONLY if upsert else READ_ONLY
+        if target is not None and target.removeprefix(JSON_PREFIX) not in left_out:
+            columns[index] = target
+    taken = {t.removeprefix(JSON_PREFIX) for t in columns.values()}
+    taken |= {"name"} if name_parts else set()
+    for index, label in own:
+        target = _target(index, label) or label  # never None: no such column is ignored
+        if target.removeprefix(JSON_PREFIX) in taken:
+            dropped.append(label)  # e.g. Salesforce's `Name` beside `FirstName` and `LastName`
+        else:
             columns[index] = target
     targets = [t.removeprefix(JSON_PREFIX) for t in columns.values()]
     targets += ["name"] if name_parts else []
@@ -158,13 +218,15 @@ def _map_header(cells: list[str]) -> _Header:
     if repeated:
         raise ImportFileError(f"more than one column gives {repeated[0]!r}")
     id_index = next((i for i, target in columns.items() if target == "id"), None)
-    if id_index is None:
+    if id_index is None and not upsert:
         raise ImportFileError(
-            "the file has no 'id' column: each row must name the contact it updates "
-            "(add an id column to a LinkedIn export too)"
+            "the file has no 'id' column: each row must name the contact it updates, "
+            "or pass --match to upsert by identity"
         )
-    del columns[id_index]
-    return _Header(len(cells), id_index, columns, tuple(name_parts))
+    if id_index is not None:
+        del columns[id_index]
+    parts = tuple(index for _, index in sorted(name_parts))
+    return _Header(len(cells), id_index, columns, parts, export, tuple(dropped))
 
 
 def _skip_preamble(records: Iterator[tuple[int, list[str]]]) -> tuple[int, list[str]] | None:
@@ -189,14 +251,34 @@ def _records(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
         start = reader.line_num + 1
 
 
-def parse_csv(lines: Iterable[str]) -> Iterator[Item]:
-    """Yield each CSV record after the header as an update or a row error."""
+def layout_of(path: Path, fmt: Format, upsert: bool = False) -> Layout:
+    """Read a file's header (a CSV's; JSON lines have none) and say what it is."""
+    if fmt == "jsonl":
+        return Layout(None, ())
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        try:
+            header = _read_header(_records(handle), upsert)
+        except UnicodeDecodeError:
+            raise ImportFileError(
+                f"{path.name} is not UTF-8 text: save it as UTF-8 and run again"
+            ) from None
+        except csv.Error as exc:
+            raise ImportFileError(f"not readable as CSV: {exc}") from None
+    return Layout(header.export, header.dropped)
+
+
+def _read_header(records: Iterator[tuple[int, list[str]]], upsert: bool) -> _Header:
+    found = _skip_preamble(records)
+    if found is None:
+        raise ImportFileError("the file is empty: no header row")
+    return _map_header(found[1], upsert)
+
+
+def parse_csv(lines: Iterable[str], upsert: bool = False) -> Iterator[Item]:
+    """Yield each CSV record after the header as an update (or upsert) or a row error."""
     records = _records(lines)
     try:
-        found = _skip_preamble(records)
-        if found is None:
-            raise ImportFileError("the file is empty: no header row")
-        header = _map_header(found[1])
+        header = _read_header(records, upsert)
         for line, cells in records:
             if any(c.strip() for c in cells):
                 yield _csv_row(header, line, cells)
@@ -205,14 +287,16 @@ def parse_csv(lines: Iterable[str]) -> Iterator[Item]:
 
 
 def _csv_row(header: _Header, line: int, cells: list[str]) -> Item:
-    contact_id = (cells[header.id_index].strip() if header.id_index < len(cells) else "") or None
+    at = header.id_index
+    contact_id = (cells[at].strip() if at is not None and at < len(cells) else "") or None
     if len(cells) != header.width:
         return RowError(line, contact_id,
                         f"the row has {len(cells)} cells, the header {header.width}")
-    if contact_id is None:
+    if at is not None and contact_id is None:
         return RowError(line, None, "the row has no id", {"id": "A contact id is required."})
-    update: dict[str, Any] = {"id": contact_id}
+    update: dict[str, Any] = {} if contact_id is None else {"id": contact_id}
     custom: dict[str, Any] = {}
+    external: dict[str, Any] = {}
     for index, target in header.columns.items():
         value: Any = cells[index].strip()
         if not value:
@@ -233,6 +317,8 @@ def _csv_row(header: _Header, line: int, cells: list[str]) -> Item:
             custom.update(value)
         elif target.startswith(CUSTOM_PREFIX):
             custom[target[len(CUSTOM_PREFIX):]] = value
+        elif target.startswith(EXTERNAL_PREFIX):
+            external[target[len(EXTERNAL_PREFIX):]] = value
         else:
             update[target] = value
     name = " ".join(p for p in (cells[i].strip() for i in header.name_parts) if p)
@@ -240,6 +326,9 @@ def _csv_row(header: _Header, line: int, cells: list[str]) -> Item:
         update["name"] = name
     if custom:
         update["custom_fields"] = custom
+    if external:
+        given = update.get("external_ids")
+        update["external_ids"] = {**(given if isinstance(given, dict) else {}), **external}
     return Row(line, update)
 
 
@@ -252,8 +341,8 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_jsonl(lines: Iterable[str]) -> Iterator[Item]:
-    """Yield each non-blank line, a JSON object with an `id`, as an update or a row error."""
+def parse_jsonl(lines: Iterable[str], upsert: bool = False) -> Iterator[Item]:
+    """Yield each non-blank line, a JSON object (with an `id` unless upserting), as an item."""
     for line, text in enumerate(lines, start=1):
         if not text.strip():
             continue
@@ -266,8 +355,36 @@ def parse_jsonl(lines: Iterable[str]) -> Iterator[Item]:
             yield RowError(line, None, "the line is not a JSON object",
                            {"_body": "Each line must be a JSON object."})
             continue
+        if upsert:
+            yield Row(line, {k: v for k, v in value.items() if k not in UPSERT_READ_ONLY})
+            continue
         contact_id = value.get("id")
         if not isinstance(contact_id, str) or not contact_id.strip():
             yield RowError(line, None, "the row has no id", {"id": "A contact id is required."})
             continue
         yield Row(line, {k: v for k, v in value.items() if k not in READ_ONLY})
+
+
+def identity_value(item: dict[str, Any], identity: str) -> Any:
+    """Return the value an item gives an identity (`external_ids.hubspot` looks inside)."""
+    if identity.startswith(EXTERNAL_PREFIX):
+        external = item.get("external_ids")
+        return external.get(identity[len(EXTERNAL_PREFIX):]) if isinstance(external, dict) else None
+    return item.get(identity)
+
+
+def upsert_item(row: Row, match: tuple[str, ...], source: str | None) -> Row | RowError:
+    """Return a row as a batch-upsert item, or a row error when it has none of `match`.
+
+    A line of JSON that names its own `match_on` keeps it.
+    """
+    item = dict(row.update)
+    item.setdefault("match_on", list(match))
+    if source is not None:
+        item.setdefault("source", source)
+    named = item["match_on"] if isinstance(item["match_on"], list) else [item["match_on"]]
+    if not any(isinstance(n, str) and identity_value(item, n) not in (None, "") for n in named):
+        wanted = ", ".join(str(n) for n in named)
+        return RowError(row.line, None, f"the row has none of the identities it is matched on "
+                        f"({wanted})", {"match_on": f"No value for {wanted}."})
+    return Row(row.line, item)

@@ -1,12 +1,20 @@
-"""`contactsync import`: send a file's updates through the batch endpoint, resumably."""
+"""`contactsync import`: send a file's rows through a batch endpoint, resumably.
+
+Rows go to batch update by `id`, or, with `--match` or for a recognised export, to batch
+upsert by identity. Each batch carries an `Idempotency-Key` made of the run's id (kept in the
+progress file, new with `--restart`) and the batch's place in the file, so a batch sent again
+after an interruption is answered from the first sending and applied once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -17,18 +25,29 @@ import httpx
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from cli.errors import CliError
-from cli.import_rows import FORMATS, Format, Row, RowError, detect_format, read_items
+from cli.import_exports import Export, MatchError, parse_match
+from cli.import_rows import (
+    FORMATS,
+    Format,
+    Row,
+    RowError,
+    detect_format,
+    layout_of,
+    read_items,
+    upsert_item,
+)
 from contactsync.settings import get_settings
 from tasks.retry import backoff_seconds
 
 BATCH_PATH = "/external/v1/contacts/batch/update"
+UPSERT_PATH = "/external/v1/contacts/batch/upsert"
 DEFAULT_BATCH_SIZE = 500
 MAX_BATCH_SIZE = 1000  # the endpoint's limit
 MAX_BUSY_ATTEMPTS = 12  # per batch, while the API answers 429 / 502 / 503 / 504
 MAX_UNREACHABLE_ATTEMPTS = 5  # per batch, while no answer comes (refused, reset, timed out)
 MAX_WAIT_SECONDS = 300.0  # a longer Retry-After is cut to this
 RETRYABLE = frozenset({429, 502, 503, 504})
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the run id that idempotency keys are made of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: from the extension (.csv, .jsonl)")
     parser.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH_SIZE, metavar="N",
                         help=f"rows per request, 1 to {MAX_BATCH_SIZE} (default %(default)s)")
+    parser.add_argument("--match", type=_match, default=None, metavar="IDENTITY,...",
+                        help="upsert by these identities, tried in order (email, linkedin_url, "
+                             "external_ids.<system>); default: update by id, or the "
+                             "recognised export's identities")
     parser.add_argument("--api-url", metavar="URL", help="default: CONTACTSYNC_API_URL")
     parser.add_argument("--api-key", metavar="KEY", help="default: CONTACTSYNC_API_KEY")
     parser.add_argument("--rejects", type=Path, default=None, metavar="PATH",
@@ -52,6 +75,13 @@ def _batch_size(text: str) -> int:
     return int(text)
 
 
+def _match(text: str) -> tuple[str, ...]:
+    try:
+        return parse_match(text)
+    except MatchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class Options:
     """What one import run reads, sends and writes."""
@@ -64,6 +94,8 @@ class Options:
     rejects: Path
     state: Path
     restart: bool
+    match: tuple[str, ...] | None = None  # None: update by id
+    export: Export | None = None
 
 
 def api_endpoint(args: argparse.Namespace) -> tuple[str, str]:
@@ -83,11 +115,21 @@ def _options(args: argparse.Namespace) -> Options:
     if not path.is_file():
         raise CliError(f"no such file: {path}")
     api_url, api_key = api_endpoint(args)
+    fmt = detect_format(path, args.format)
+    layout = layout_of(path, fmt, upsert=args.match is not None)
+    if layout.export is not None:
+        print(f"contactsync: {path.name} is a {layout.export.name}: upserting by "
+              f"{','.join(args.match or layout.export.match)}", file=sys.stderr)
+    if layout.dropped:
+        print(f"contactsync: columns left out (no field for them): {', '.join(layout.dropped)}",
+              file=sys.stderr)
     return Options(
-        path=path, fmt=detect_format(path, args.format), batch_size=args.batch_size,
+        path=path, fmt=fmt, batch_size=args.batch_size,
         api_url=api_url, api_key=api_key,
         rejects=args.rejects or path.with_name(path.name + ".rejected.jsonl"),
         state=path.with_name(path.name + ".import-state.json"), restart=args.restart,
+        match=args.match or (layout.export.match if layout.export else None),
+        export=layout.export,
     )
 
 
@@ -112,6 +154,7 @@ class ImportState:
             "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "format": options.fmt,
         }
         self.last_line = 0
+        self.run_id = uuid.uuid4().hex  # a new run's; a resumed run keeps the saved one
 
     def resume(self, tally: Tally) -> int:
         """Load an interrupted run's progress into `tally`; return the line it reached."""
@@ -119,24 +162,29 @@ class ImportState:
             saved = json.loads(self.path.read_text())
             matches = saved["version"] == STATE_VERSION and saved["input"] == self.fingerprint
             counts = [int(saved[k]) for k in ("last_line", "read", "queued", "rejected")]
+            run_id = str(saved["run_id"])
         except FileNotFoundError:
             return 0
         except (ValueError, KeyError, TypeError):
             raise CliError(
                 f"{self.path} is not a progress file of this version: delete it or pass --restart"
             ) from None
+        if not matches and counts[0] == 0:
+            return 0  # nothing went through: the changed file starts afresh, under new keys
         if not matches:
             raise CliError(
                 f"the file changed since an interrupted import ({self.path}): "
                 "pass --restart to import it from the first row"
             )
         self.last_line, tally.read, tally.queued, tally.rejected = counts
+        self.run_id = run_id
         return self.last_line
 
     def save(self, last_line: int, tally: Tally) -> None:
         """Record that every row through `last_line` went through (atomically)."""
         self.last_line = last_line
-        body = {"version": STATE_VERSION, "input": self.fingerprint, "last_line": last_line,
+        body = {"version": STATE_VERSION, "input": self.fingerprint, "run_id": self.run_id,
+                "last_line": last_line,
                 "read": tally.read, "queued": tally.queued, "rejected": tally.rejected}
         temporary = self.path.with_name(self.path.name + ".tmp")
         temporary.write_text(json.dumps(body))
@@ -144,6 +192,16 @@ class ImportState:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    def batch_key(self, rows: list[Row]) -> str:
+        """Return the `Idempotency-Key` of a batch: this run's, and the batch's place in it."""
+        return batch_key(self.run_id, self.fingerprint, rows[0].line, len(rows))
+
+
+def batch_key(run_id: str, fingerprint: dict[str, Any], first_line: int, count: int) -> str:
+    """Derive a batch's key: the same file, run and rows give the same key, anything else not."""
+    material = json.dumps([run_id, fingerprint, first_line, count], sort_keys=True)
+    return "import-" + hashlib.sha256(material.encode()).hexdigest()[:40]
 
 
 class Rejects:
@@ -182,18 +240,22 @@ class Sender:
 
     def __init__(self, client: httpx.Client, sleep: Sleep = time.sleep,
                  busy_attempts: int = MAX_BUSY_ATTEMPTS,
-                 unreachable_attempts: int = MAX_UNREACHABLE_ATTEMPTS) -> None:
+                 unreachable_attempts: int = MAX_UNREACHABLE_ATTEMPTS,
+                 upsert: bool = False) -> None:
         self.client = client
+        self.path, self.member = (UPSERT_PATH, "upserts") if upsert else (BATCH_PATH, "updates")
         self.sleep = sleep
         self.busy_attempts = busy_attempts
         self.unreachable_attempts = unreachable_attempts
 
-    def send(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Return the endpoint's result for each item, in order."""
+    def send(self, items: list[dict[str, Any]], key: str | None = None) -> list[dict[str, Any]]:
+        """Return the endpoint's result for each item, in order; `key` as `Idempotency-Key`."""
         busy = unreachable = 0
+        headers = {"Idempotency-Key": key} if key else {}
         while True:
             try:
-                response = self.client.post(BATCH_PATH, json={"updates": items})
+                response = self.client.post(self.path, json={self.member: items},
+                                            headers=headers)
             except httpx.TransportError as exc:
                 unreachable += 1
                 if unreachable >= self.unreachable_attempts:
@@ -204,7 +266,7 @@ class Sender:
             if response.status_code == 202:
                 return _results(response, len(items))
             if response.status_code == 413:
-                return self._split(items)
+                return self._split(items, key)
             if response.status_code not in RETRYABLE:
                 raise CliError(_refusal(response))
             busy += 1
@@ -213,13 +275,15 @@ class Sender:
             wait = retry_after(response)
             self.sleep(wait if wait is not None else backoff(busy))
 
-    def _split(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _split(self, items: list[dict[str, Any]], key: str | None) -> list[dict[str, Any]]:
         if len(items) == 1:
             error = {"code": "PAYLOAD_TOO_LARGE", "message": "The row is too large to send.",
                      "details": {}}
             return [{"index": 0, "id": items[0].get("id"), "error": error}]
         middle = len(items) // 2
-        return self.send(items[:middle]) + self.send(items[middle:])
+        # Each half is its own request, so its own key, derived the same way every time.
+        first, second = (f"{key}.{half}" if key else None for half in (1, 2))
+        return self.send(items[:middle], first) + self.send(items[middle:], second)
 
 
 def backoff(attempt: int) -> float:
@@ -304,10 +368,26 @@ def chunks(items: Iterable[Row | RowError], after_line: int, size: int) -> Itera
         yield chunk
 
 
-def _send_chunk(sender: Sender, chunk: Chunk, tally: Tally) -> list[dict[str, Any]]:
+def _upserts(chunk: Chunk, options: Options) -> Chunk:
+    """Turn a chunk's rows into upsert items; a row with no identity to match becomes an error."""
+    assert options.match is not None
+    source = options.export.source if options.export else None
+    out = Chunk(errors=list(chunk.errors), last_line=chunk.last_line)
+    for row in chunk.rows:
+        item = upsert_item(row, options.match, source)
+        if isinstance(item, Row):
+            out.rows.append(item)
+        else:
+            out.errors.append(item)
+    return out
+
+
+def _send_chunk(sender: Sender, chunk: Chunk, tally: Tally,
+                key_of: Callable[[list[Row]], str]) -> list[dict[str, Any]]:
     """Send one chunk; count it; return its rejections."""
     rejected = [{"line": e.line, "id": e.id, "error": e.error()} for e in chunk.errors]
-    results = sender.send([row.update for row in chunk.rows]) if chunk.rows else []
+    results = (sender.send([row.update for row in chunk.rows], key_of(chunk.rows))
+               if chunk.rows else [])
     for row, result in zip(chunk.rows, results, strict=True):
         if "error" in result:
             rejected.append(
@@ -342,6 +422,9 @@ def run(args: argparse.Namespace) -> int:
     options = _options(args)
     state, tally = ImportState(options), Tally()
     resumed_after = 0 if options.restart else state.resume(tally)
+    # The run id is on disk before the first batch goes, so a batch sent by a run interrupted
+    # before its first save is sent again under the same key.
+    state.save(resumed_after, tally)
     rejects = Rejects(options.rejects, keep_through=resumed_after)
     headers = {"X-API-Key": options.api_key, "User-Agent": "contactsync-import"}
     timeout = httpx.Timeout(60.0, connect=10.0)
@@ -349,11 +432,14 @@ def run(args: argparse.Namespace) -> int:
             _progress(sys.stdout.isatty()) as progress:
         bar = progress.add_task("import", total=_count_lines(options.path),
                                 completed=resumed_after, rows=0, rate=0)
-        sender = Sender(client)
+        upsert = options.match is not None
+        sender = Sender(client, upsert=upsert)
         try:
-            items = read_items(options.path, options.fmt)
+            items = read_items(options.path, options.fmt, upsert)
             for chunk in chunks(items, resumed_after, options.batch_size):
-                rejects.write(_send_chunk(sender, chunk, tally))
+                if upsert:
+                    chunk = _upserts(chunk, options)
+                rejects.write(_send_chunk(sender, chunk, tally, state.batch_key))
                 state.save(chunk.last_line, tally)
                 elapsed = max(time.monotonic() - tally.started, 1e-9)
                 progress.update(bar, completed=chunk.last_line, rows=tally.this_run,

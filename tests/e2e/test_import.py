@@ -125,11 +125,12 @@ def test_an_interrupted_import_resumes_after_the_last_accepted_batch(
     sent: list[int] = []
     real_send = importer.Sender.send
 
-    def send(self: importer.Sender, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def send(self: importer.Sender, items: list[dict[str, Any]],
+             key: str | None = None) -> list[dict[str, Any]]:
         if interrupt and len(sent) == 2:
             raise KeyboardInterrupt  # Ctrl-C while the third batch is being sent
         sent.append(len(items))
-        return real_send(self, items)
+        return real_send(self, items, key)
 
     monkeypatch.setattr(importer.Sender, "send", send)
     interrupt = True
@@ -160,6 +161,39 @@ def test_an_interrupted_import_resumes_after_the_last_accepted_batch(
     assert contacts[ids[49]].name == "New 49"
 
 
+def test_a_batch_sent_again_on_resume_is_applied_once(
+    stack: Stack, cli_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = new_tenant(stack, "acme")
+    ids = make_contacts(stack, tenant.account_id, 30)
+    path = write_csv(tmp_path / "people.csv", [good_row(i, n) for n, i in enumerate(ids)])
+    command = ["import", str(path), "--api-key", tenant.key, "--batch-size", "10"]
+    real_send = importer.Sender.send
+    answers: list[list[str]] = []
+
+    def send(self: importer.Sender, items: list[dict[str, Any]],
+             key: str | None = None) -> list[dict[str, Any]]:
+        results = real_send(self, items, key)
+        answers.append([r["update_id"] for r in results])
+        if len(answers) == 2:
+            raise KeyboardInterrupt  # the second batch was queued; its answer never arrived
+        return results
+
+    monkeypatch.setattr(importer.Sender, "send", send)
+    assert main(command) == 130
+    assert main(command) == 0
+    assert "resumed after line 11" in capsys.readouterr().out
+
+    assert answers[2] == answers[1]  # the same batch under the same key: the first answer
+    queued = {update_id for batch in answers for update_id in batch}
+    assert len(queued) == 30
+    wait_applied(stack, len(queued))
+    assert [update_records(stack, i) for i in ids] == [1] * 30
+    contacts = contacts_of(stack, tenant.account_id)
+    assert [contacts[i].name for i in ids] == [f"New {n}" for n in range(30)]
+
+
 def test_a_changed_file_is_not_resumed_without_restart(
     stack: Stack, cli_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -171,11 +205,12 @@ def test_a_changed_file_is_not_resumed_without_restart(
     real_send = importer.Sender.send
     calls: list[int] = []
 
-    def send_once(self: importer.Sender, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def send_once(self: importer.Sender, items: list[dict[str, Any]],
+                  key: str | None = None) -> list[dict[str, Any]]:
         calls.append(len(items))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_send(self, items)
+        return real_send(self, items, key)
 
     monkeypatch.setattr(importer.Sender, "send", send_once)
     assert main(command) == 130
@@ -218,7 +253,9 @@ def test_a_refused_key_is_one_line_on_stderr_and_exit_1(
     assert lines[0].startswith(f"contactsync: error: the API refused the key: HTTP {status} {code}")
     assert key not in captured.err + captured.out
     assert "Traceback" not in captured.err
-    assert not (tmp_path / "people.csv.import-state.json").exists()
+    # The run's id is kept for its keys, but no row went through.
+    state = json.loads((tmp_path / "people.csv.import-state.json").read_text())
+    assert (state["last_line"], state["read"], state["queued"]) == (0, 0, 0)
     assert {c.name for c in contacts_of(stack, tenant.account_id).values()} == {
         "Old 0", "Old 1", "Old 2",
     }
