@@ -139,7 +139,7 @@ def _add_created_event(
     """Write the `contact.created` event of a new contact: every field set, `old` null."""
     changes = {name: Change(None, contact[name]) for name in SCALAR_FIELDS if contact[name]}
     if contact["tags"]:
-        changes["tags"] = Change([], contact["tags"])
+        changes["tags"] = Change(None, contact["tags"])
     for prefix in ("custom_fields", "external_ids"):
         changes.update({f"{prefix}.{k}": Change(None, v) for k, v in contact[prefix].items()})
     event = events.contact_created(account_id, changes, contact, isoformat(now))
