@@ -431,10 +431,11 @@ M = TypeVar("M", bound=ContactFields)
 
 def _check_nulls(body: dict[str, Any], model: type[ContactFields]) -> dict[str, str]:
     fields: dict[str, str] = {}
-    for field in ("name", "tags", "custom_fields", "external_ids"):
+    for field in ("name", "tags", "custom_fields", "external_ids", "source"):
         if field in body and body[field] is None and field in model.model_fields:
             fields[field] = (
                 "May not be null: a contact always has a name." if field == "name"
+                else "May not be null: leave it out for the default." if field == "source"
                 else "May not be null: send an empty array to clear the tags." if field == "tags"
                 else "May not be null: set a key to null to remove it."
             )

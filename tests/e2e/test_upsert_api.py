@@ -148,3 +148,9 @@ def test_an_upsert_needs_contacts_write(stack: Stack) -> None:
     assert_error(api(stack, reader.key).post(UPSERT, json=body), 403, "INSUFFICIENT_PERMISSIONS")
     assert_error(api(stack, reader.key).post(BATCH, json={"upserts": [body]}), 403,
                  "INSUFFICIENT_PERMISSIONS")
+
+
+def test_the_upsert_path_allows_post_only(stack: Stack) -> None:
+    answer = api(stack, new_tenant(stack, "acme").key).request("OPTIONS", UPSERT)
+    assert_error(answer, 405, "METHOD_NOT_ALLOWED")
+    assert answer.headers["allow"] == "POST"  # not /contacts/{contact_id}'s methods
