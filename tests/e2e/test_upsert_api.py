@@ -154,3 +154,17 @@ def test_the_upsert_path_allows_post_only(stack: Stack) -> None:
     answer = api(stack, new_tenant(stack, "acme").key).request("OPTIONS", UPSERT)
     assert_error(answer, 405, "METHOD_NOT_ALLOWED")
     assert answer.headers["allow"] == "POST"  # not /contacts/{contact_id}'s methods
+
+
+def test_an_upserts_idempotency_key_answers_the_same_and_applies_once(stack: Stack) -> None:
+    client = api(stack, new_tenant(stack, "acme").key)
+    body = {"match_on": "email", "name": "Ann", "email": "ann@example.com"}
+    key = {"Idempotency-Key": "upsert-1"}
+    first = client.post(UPSERT, json=body, headers=key)
+    assert first.status_code == 201, first.text
+    again = client.post(UPSERT, json=body, headers=key)
+    assert (again.status_code, again.json()) == (201, first.json())
+    assert_error(client.post(UPSERT, json={**body, "name": "Bo"}, headers=key), 422,
+                 "IDEMPOTENCY_KEY_REUSED")
+    listed = client.get("/external/v1/contacts").json()["data"]["contacts"]
+    assert [c["id"] for c in listed] == [first.json()["data"]["id"]]
