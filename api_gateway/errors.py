@@ -78,6 +78,8 @@ def _allowed_methods(request: Request) -> str | None:
         for path, operations in request.app.openapi().get("paths", {}).items():
             pattern = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$")
             table.append((pattern, sorted(m.upper() for m in operations)))
+        # A literal path first: /contacts/upsert is no /contacts/{contact_id}.
+        table.sort(key=lambda entry: "[^/]+" in entry[0].pattern)
         request.app.state.allow_table = table
     for pattern, methods in table:
         if pattern.fullmatch(request.url.path):

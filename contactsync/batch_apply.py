@@ -1,30 +1,33 @@
-"""Apply a group of accepted updates in one transaction: merge, claim identities, record,
-write the outbox."""
+"""Apply a group of accepted updates in one transaction: find or create an upsert's contact,
+merge, claim identities, record, write the outbox."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import Table, bindparam, delete, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from contactsync import events
 from contactsync.contacts import contact_to_dict, state_of
 from contactsync.dead_letters import park
+from contactsync.errors import TransientFailure
 from contactsync.identities import MAX_EXTERNAL_SYSTEMS
-from contactsync.identity_store import IdentityBook
+from contactsync.identity_store import IdentityBook, is_identity_race
 from contactsync.merge import SCALAR_FIELDS, Change, ContactState, merge
 from contactsync.models import Contact, OutboxEvent, UpdateRecord
 from contactsync.row_batches import RowInsert, RowUpdate
 from contactsync.schemas import MAX_CUSTOM_FIELDS, MAX_CUSTOM_FIELDS_BYTES, custom_fields_bytes
 from contactsync.timeutil import isoformat, parse_iso
 from contactsync.updates import AcceptedUpdate
+from contactsync.upserts import blank_public, blank_state, created_row, match_keys
 
-FINISHED = ("applied", "noop", "not_found", "conflict")
+FINISHED = ("applied", "noop", "not_found", "conflict", "created")
 
 # Built once: a statement built per batch costs more to construct and to key for SQLAlchemy's
 # compiled cache than to run. All run on the session's connection, beneath the ORM.
@@ -35,7 +38,9 @@ _LOCK_CONTACTS = (
     select(CONTACTS).where(CONTACTS.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(CONTACTS.c.id).with_for_update()
 )
-_FINISHED = select(RECORDS.c.update_id, RECORDS.c.status, RECORDS.c.error).where(
+_FINISHED = select(
+    RECORDS.c.update_id, RECORDS.c.status, RECORDS.c.error, RECORDS.c.contact_id
+).where(
     RECORDS.c.update_id.in_(bindparam("ids", expanding=True))
 )
 _UPDATE_CONTACTS = RowUpdate(
@@ -48,6 +53,31 @@ _INSERT_RECORDS = RowInsert(RECORDS, (
     "changed_fields", "error",
 ))
 _INSERT_EVENTS = RowInsert(OUTBOX, ("event_id", "payload", "created_at"))
+_INSERT_CONTACTS = RowInsert(CONTACTS, (
+    "id", "account_id", *SCALAR_FIELDS, "source", "tags", "custom_fields", "external_ids",
+    "field_seqs", "created_at", "updated_at",
+))
+_NAME_REQUIRED = {
+    "code": "VALIDATION_ERROR", "message": "No contact matched, and creating one needs a name.",
+    "details": {"fields": {"name": "Required when the upsert creates a contact."}},
+}
+
+
+class IdentityMoved(TransientFailure):
+    """An identity an upsert is matched on is held by a contact the batch did not lock: it
+    moved between the look-up and the lock. Applying again looks it up afresh (at once, then
+    as any transient failure)."""
+
+
+def must_apply_again(exc: BaseException) -> bool:
+    """Tell whether a concurrent write beat this batch's look-up: the identity index refused a
+    second holder, a concurrent delivery of an upsert made its contact first, or an identity
+    moved. Applying again at once reads what they committed."""
+    if isinstance(exc, IdentityMoved) or is_identity_race(exc):
+        return True
+    return isinstance(exc, IntegrityError) and any(
+        name in str(exc.orig) for name in ("contacts_pkey", "contacts.id")
+    )
 
 
 @dataclass(frozen=True)
@@ -75,6 +105,7 @@ class _Locked:
     public: dict[str, Any]  # the seed's shape
     updated_at: datetime
     dirty: bool = False
+    created: bool = False  # made by an upsert of this batch: inserted, not updated
 
 
 def apply_batch(
@@ -87,10 +118,10 @@ def apply_batch(
     per-object bookkeeping would cost more than the merge itself.
     """
     unique = list({u.update_id: u for u in updates}.values())
-    contact_ids = sorted({u.contact_id for u in unique})
+    connection = session.connection()
+    contact_ids = sorted({u.contact_id for u in unique} | _matched(connection, unique))
     # Locking in id order keeps two workers with overlapping batches from deadlocking, and
     # holding the locks before reading update_records makes the duplicate check exact.
-    connection = session.connection()
     rows = connection.execute(_LOCK_CONTACTS, {"ids": contact_ids}).all()
     contacts = {
         row.id: _Locked(row.account_id, state_of(row), contact_to_dict(row), row.updated_at)
@@ -100,6 +131,8 @@ def apply_batch(
     finished: dict[str, str] = {row.update_id: row.status for row in rows_finished}
     # A redelivered conflict answers a waiting gateway with the holder, as the first did.
     errors: dict[str, dict[str, Any] | None] = {row.update_id: row.error for row in rows_finished}
+    # An upsert's record names the contact it found or made.
+    recorded: dict[str, str] = {row.update_id: row.contact_id for row in rows_finished}
     pending = [u for u in unique if finished.get(u.update_id) not in FINISHED]
     book = IdentityBook.load(
         connection, list(contacts), [(u.account_id, u.patch) for u in pending]
@@ -110,6 +143,7 @@ def apply_batch(
     outbox: list[dict[str, Any]] = []
     for accepted in sorted(unique, key=lambda u: u.seq):
         if finished.get(accepted.update_id) in FINISHED:
+            accepted = replace(accepted, contact_id=recorded[accepted.update_id])
             locked = contacts.get(accepted.contact_id)
             current = dict(locked.public) if locked is not None else None
             status = str(finished[accepted.update_id])
@@ -118,16 +152,26 @@ def apply_batch(
                 duplicate=True,
             ))
             continue
+        if accepted.match_on is not None:
+            accepted = _resolve(contacts, book, accepted)
         outcome = _apply_one(contacts, book, accepted, now, applied_at)
         outcomes.append(outcome)
         records.append(_record(accepted, outcome, now))
-        if outcome.status == "applied" and outcome.contact is not None:
-            event = events.contact_updated(accepted, outcome.changes, outcome.contact, applied_at)
+        if outcome.status in ("applied", "created") and outcome.contact is not None:
+            kind = events.CONTACT_CREATED if outcome.status == "created" else events.CONTACT_UPDATED
+            event = events.contact_updated(
+                accepted, outcome.changes, outcome.contact, applied_at, kind
+            )
             payload = orjson.dumps(event).decode()
             outbox.append({"event_id": event["id"], "payload": payload, "created_at": now})
-    _UPDATE_CONTACTS.run(
-        connection, [_row_values(contact_id, c) for contact_id, c in contacts.items() if c.dirty]
-    )
+    _UPDATE_CONTACTS.run(connection, [
+        _row_values(contact_id, c) for contact_id, c in contacts.items()
+        if c.dirty and not c.created
+    ])
+    _INSERT_CONTACTS.run(connection, [  # before their identities, which refer to them
+        created_row(contact_id, c.account_id, c.public, c.state, now, c.updated_at)
+        for contact_id, c in contacts.items() if c.created
+    ])
     book.write(connection)
     retried = [r["update_id"] for r in records if r["update_id"] in finished]
     if retried:  # a replayed dead letter replaces its `failed` record
@@ -140,6 +184,30 @@ def apply_batch(
     if refused:
         park(session, refused, now)
     return outcomes
+
+
+def _matched(connection: Any, updates: list[AcceptedUpdate]) -> set[str]:
+    """Return the contacts that hold an identity an upsert of `updates` names: locked with the
+    batch's others, so that what the look-up found cannot move before the write."""
+    upserts = [(u.account_id, u.patch) for u in updates if u.match_on is not None]
+    if not upserts:
+        return set()
+    return IdentityBook.load(connection, [], upserts).contact_ids()
+
+
+def _resolve(
+    contacts: dict[str, _Locked], book: IdentityBook, update: AcceptedUpdate
+) -> AcceptedUpdate:
+    """Return the upsert aimed at the contact its first matching identity finds; as it is
+    (aimed at the contact it would create) when none finds one."""
+    assert update.match_on is not None
+    for key in match_keys(update.match_on, update.patch):
+        holder = book.holder(update.account_id, key)
+        if holder is not None:
+            if holder not in contacts:
+                raise IdentityMoved(update.update_id)
+            return replace(update, contact_id=holder)
+    return update
 
 
 def _row_values(contact_id: str, locked: _Locked) -> dict[str, Any]:
@@ -156,35 +224,47 @@ def _apply_one(
     applied_at: str,
 ) -> Outcome:
     locked = contacts.get(update.contact_id)
+    creating = locked is None and update.match_on is not None
+    if creating:  # an upsert that found no contact: it makes the one its id names
+        if not isinstance(update.patch.get("name"), str):
+            return Outcome(update, "failed", error=_NAME_REQUIRED)
+        public = blank_public(update.contact_id, update.patch, applied_at)
+        locked = _Locked(update.account_id, blank_state(), public, now, created=True)
     if locked is None or locked.account_id != update.account_id:
         error = {"code": "NOT_FOUND", "message": "Contact not found."}
         return Outcome(update, "not_found", error=error)
+    current = None if creating else dict(locked.public)
     result = merge(locked.state, update.patch, update.seq)
     touches_custom = "custom_fields" in update.patch
     refusal = _too_much_custom(locked.state, result.state) if touches_custom else None
     if refusal:
         error = {"code": "VALIDATION_ERROR", "message": refusal}
-        return Outcome(update, "failed", contact=dict(locked.public), error=error)
+        return Outcome(update, "failed", contact=current, error=error)
     if len(result.state.external_ids) > MAX_EXTERNAL_SYSTEMS:
         message = f"A contact holds at most {MAX_EXTERNAL_SYSTEMS} external ids."
         too_many = {"code": "VALIDATION_ERROR", "message": message,
                     "details": {"fields": {"external_ids": message}}}
-        return Outcome(update, "failed", contact=dict(locked.public), error=too_many)
+        return Outcome(update, "failed", contact=current, error=too_many)
     conflict = book.claim(update.account_id, update.contact_id, result.changes)
-    if conflict is not None:  # changes nothing, not even the sequences
-        return Outcome(update, "conflict", contact=dict(locked.public), error=conflict)
+    if conflict is not None:  # changes nothing, not even the sequences; creates nothing
+        return Outcome(update, "conflict", contact=current, error=conflict)
+    if creating:
+        contacts[update.contact_id] = locked
     if result.state != locked.state:  # values, or only the sequences that wrote them
         locked.state = result.state
         locked.dirty = True
     if not result.changes:
         return Outcome(update, "noop", contact=dict(locked.public))
     locked.updated_at = now
+    changes = result.changes
+    if creating:  # every field set, from nothing (tags too, not from `[]`)
+        changes = {name: Change(None, c.new) for name, c in changes.items()}
     locked.public = {
         **locked.public, **result.state.fields, "tags": list(result.state.tags),
         "custom_fields": dict(result.state.custom_fields),
         "external_ids": dict(result.state.external_ids), "updated_at": applied_at,
     }
-    return Outcome(update, "applied", result.changes, dict(locked.public))
+    return Outcome(update, "created" if creating else "applied", changes, dict(locked.public))
 
 
 def _too_much_custom(before: ContactState, after: ContactState) -> str | None:

@@ -19,7 +19,7 @@ from contactsync.identity_store import (
     is_identity_race,
 )
 from contactsync.ids import new_contact_id
-from contactsync.merge import ContactState
+from contactsync.merge import SCALAR_FIELDS, Change, ContactState
 from contactsync.models import Contact, OutboxEvent
 from contactsync.timeutil import isoformat, utcnow
 
@@ -114,6 +114,7 @@ def create_contact(
         created_at=now,
         updated_at=now,
     )
+    _add_created_event(session, account_id, contact_to_dict(contact), now)
     identities = identities_of(fields, external_ids)
     if not identities:
         session.add(contact)
@@ -130,6 +131,20 @@ def create_contact(
         _refuse_taken(session, account_id, identities)  # the holder has committed by now
         raise
     return contact
+
+
+def _add_created_event(
+    session: Session, account_id: str, contact: dict[str, Any], now: datetime
+) -> None:
+    """Write the `contact.created` event of a new contact: every field set, `old` null."""
+    changes = {name: Change(None, contact[name]) for name in SCALAR_FIELDS if contact[name]}
+    if contact["tags"]:
+        changes["tags"] = Change(None, contact["tags"])
+    for prefix in ("custom_fields", "external_ids"):
+        changes.update({f"{prefix}.{k}": Change(None, v) for k, v in contact[prefix].items()})
+    event = events.contact_created(account_id, changes, contact, isoformat(now))
+    session.add(OutboxEvent(event_id=event["id"], payload=orjson.dumps(event).decode(),
+                            created_at=now))
 
 
 def _refuse_taken(session: Session, account_id: str, identities: dict[str, str]) -> None:

@@ -122,6 +122,15 @@ class IdentityBook:
             rows += connection.execute(_PG_BY_KEY if pg else _BY_KEY, params)
         return cls(rows)
 
+    def holder(self, account_id: str, key: str) -> str | None:
+        """Return the contact that holds identity `key` as the batch has left it, if any."""
+        held = self._holders.get((account_id, key))
+        return None if held is None else held[0]
+
+    def contact_ids(self) -> set[str]:
+        """Return every contact that holds one of the identities read."""
+        return {contact_id for contact_id, _ in self._holders.values()}
+
     def claim(
         self, account_id: str, contact_id: str, changes: Mapping[str, Change]
     ) -> dict[str, Any] | None:

@@ -24,6 +24,13 @@ def new_contact_id() -> str:
     return "cnt_" + _random(12)
 
 
+def contact_id_for(update_id: str) -> str:
+    """Return the id of the contact an upsert creates, fixed by its update id: a redelivery or
+    a retry of the upsert makes the same contact, never a second one."""
+    digest = hashlib.sha256(b"contact\x00" + update_id.encode("utf-8", "surrogatepass")).digest()
+    return "cnt_" + base64.b32encode(digest).decode("ascii")[:12].lower()
+
+
 def new_update_id() -> str:
     """Return a new update id."""
     return "upd_" + _random(20)

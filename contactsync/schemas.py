@@ -23,6 +23,7 @@ from contactsync.errors import ValidationFailed
 from contactsync.external_ids import ExternalIds
 from contactsync.messages import body_messages
 from contactsync.nfc import nfc
+from contactsync.upserts import match_value
 
 STRING_FIELDS = ("name", "email", "phone", "company", "position", "linkedin_url")
 CLEARABLE_FIELDS = frozenset(STRING_FIELDS) - {"name"}
@@ -225,6 +226,60 @@ class ContactCreate(ContactFields):
     source: Literal["linkedin", "csv", "crm", "api", "manual", "other"] = "other"
 
 
+MATCH_NAME_PATTERN = "^(email|linkedin_url|external_ids\\.[a-z0-9_]{1,32})$"
+_MATCH_NAME = re.compile(MATCH_NAME_PATTERN.strip("^$"))
+MAX_MATCH_ON = 12  # email, linkedin_url and each of the at most 10 external ids
+_MATCH_ON_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "pattern": MATCH_NAME_PATTERN},
+        {"type": "array", "minItems": 1, "maxItems": MAX_MATCH_ON, "uniqueItems": True,
+         "items": {"type": "string", "pattern": MATCH_NAME_PATTERN}},
+    ],
+    "description": "The identities that find the contact, tried in order: `email`, "
+    "`linkedin_url`, `external_ids.<system>`. Each takes its value from the item itself, "
+    "which must carry it. When none finds a contact, the item creates one (`name` is then "
+    "required: without it the upsert ends `failed`).",
+}
+
+
+def _match_on(value: str | list[str]) -> list[str]:
+    names = [value] if isinstance(value, str) else value
+    if not 1 <= len(names) <= MAX_MATCH_ON or len(set(names)) != len(names):
+        raise ValueError(f"must name 1 to {MAX_MATCH_ON} distinct identities")
+    for name in names:
+        if not _MATCH_NAME.fullmatch(name):
+            raise ValueError(f"{name[:80]!r} is no identity (email, linkedin_url, "
+                             "external_ids.<system>)")
+    return names
+
+
+MatchOn = Annotated[
+    Annotated[str, Field(strict=True)] | list[Annotated[str, Field(strict=True)]],
+    AfterValidator(_match_on), WithJsonSchema(_MATCH_ON_SCHEMA),
+]
+
+
+class ContactUpsert(ContactFields):
+    """Body of `POST /external/v1/contacts/upsert`, and one item of a batch upsert."""
+
+    match_on: MatchOn
+    source: Literal["linkedin", "csv", "crm", "api", "manual", "other"] | SkipJsonSchema[
+        None
+    ] = Field(default=None, description='Set when the upsert creates the contact (default '
+              '"other"); ignored when it updates one.')
+
+    def upsert(self) -> tuple[list[str], dict[str, Any]]:
+        """Return the identities to match on, and the patch; or raise `ValidationFailed` when
+        a named identity is not in the item."""
+        patch = self.patch()
+        match_on: list[str] = patch.pop("match_on")
+        missing = [n for n in match_on if match_value(n, patch) is None]
+        if missing:
+            raise ValidationFailed({"match_on": f"names {missing[0]}, which the item does "
+                                    "not carry (as a non-null value)"})
+        return match_on, patch
+
+
 class Contact(BaseModel):
     """A contact: the seed's fields, and `external_ids`."""
 
@@ -275,9 +330,26 @@ class BatchRequest(BaseModel):
     ]
 
 
+class UpsertBatchRequest(BaseModel):
+    """Body of `POST /external/v1/contacts/batch/upsert`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upserts: Annotated[
+        list[ContactUpsert],
+        Field(min_length=1, max_length=MAX_BATCH_ITEMS),
+        WithJsonSchema({
+            "type": "array", "minItems": 1, "maxItems": MAX_BATCH_ITEMS, "items": {
+                "description": "Each an object like ContactUpsert. Items are checked one by "
+                "one: an invalid item is refused in its result, the others are queued.",
+            },
+        }),
+    ]
+
+
 class BatchResult(BaseModel):
     index: int
-    id: str | None
+    id: str | None = None
     update_id: str | None = None
     status: Literal["queued"] | None = None
     error: ErrorBody | None = None
@@ -328,8 +400,11 @@ class UpdateRecord(BaseModel):
     """What became of one accepted update."""
 
     update_id: str
-    contact_id: str
-    status: Literal["queued", "applied", "noop", "conflict", "not_found", "failed"]
+    contact_id: str | None = Field(
+        description="The contact updated; for an upsert, the one it found or made (null while "
+        "queued)",
+    )
+    status: Literal["queued", "applied", "noop", "created", "conflict", "not_found", "failed"]
     received_at: str
     applied_at: str | None
     changed_fields: list[str]
@@ -356,10 +431,11 @@ M = TypeVar("M", bound=ContactFields)
 
 def _check_nulls(body: dict[str, Any], model: type[ContactFields]) -> dict[str, str]:
     fields: dict[str, str] = {}
-    for field in ("name", "tags", "custom_fields", "external_ids"):
+    for field in ("name", "tags", "custom_fields", "external_ids", "source"):
         if field in body and body[field] is None and field in model.model_fields:
             fields[field] = (
                 "May not be null: a contact always has a name." if field == "name"
+                else "May not be null: leave it out for the default." if field == "source"
                 else "May not be null: send an empty array to clear the tags." if field == "tags"
                 else "May not be null: set a key to null to remove it."
             )

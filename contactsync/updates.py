@@ -23,6 +23,9 @@ class AcceptedUpdate:
     patch: dict[str, Any]
     queue: str
     reply_to: str | None = None
+    # An upsert's identities, tried in order; its `contact_id` is then the one it creates
+    # (`ids.contact_id_for`) when none of them finds a contact.
+    match_on: list[str] | None = None
 
     def to_json(self) -> bytes:
         return b'{"seq":%d,' % self.seq + self.body_tail()
@@ -30,11 +33,14 @@ class AcceptedUpdate:
     def body_tail(self) -> bytes:
         """Return the stored body but its leading `{"seq":N,`: the gateway's accept script
         splices in the sequence number, which only Redis knows."""
-        return orjson.dumps({
+        body: dict[str, Any] = {
             "update_id": self.update_id, "account_id": self.account_id,
             "contact_id": self.contact_id, "received_at": self.received_at,
             "patch": self.patch, "queue": self.queue, "reply_to": self.reply_to,
-        })[1:]
+        }
+        if self.match_on is not None:  # absent otherwise: an update's body is as it was
+            body["match_on"] = self.match_on
+        return orjson.dumps(body)[1:]
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> AcceptedUpdate:
@@ -42,15 +48,17 @@ class AcceptedUpdate:
 
     def queued_record(self) -> dict[str, Any]:
         """Return the public update record of this update while it is queued."""
+        # An upsert's contact is unknown until a worker has looked its identities up.
+        contact_id = None if self.match_on is not None else self.contact_id
         return {
-            "update_id": self.update_id, "contact_id": self.contact_id, "status": "queued",
+            "update_id": self.update_id, "contact_id": contact_id, "status": "queued",
             "received_at": self.received_at, "applied_at": None, "changed_fields": [],
             "error": None,
         }
 
     def changed_field_names(self) -> list[str]:
         """Return the names of the fields this update touches, never their values."""
-        names = [n for n in self.patch if n not in ("custom_fields", "external_ids")]
+        names = [n for n in self.patch if n not in ("custom_fields", "external_ids", "source")]
         names += [f"custom_fields.{key}" for key in self.patch.get("custom_fields", {})]
         names += [f"external_ids.{key}" for key in self.patch.get("external_ids", {})]
         return names

@@ -11,10 +11,9 @@ import orjson
 from celery import Task
 
 from contactsync import names
-from contactsync.batch_apply import Outcome, apply_batch, record_failures
+from contactsync.batch_apply import Outcome, apply_batch, must_apply_again, record_failures
 from contactsync.dead_letters import park
 from contactsync.errors import TransientFailure
-from contactsync.identity_store import is_identity_race
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate, owners_argument
 from tasks.lost_bodies import BODY_MISSING, lost_updates, owners_of, record_lost
@@ -165,14 +164,15 @@ def apply_with_fallback(runtime: Runtime, updates: list[AcceptedUpdate]) -> Batc
 
 def _apply_committed(runtime: Runtime, updates: list[AcceptedUpdate]) -> list[Outcome]:
     """Apply in one transaction; when the identity index was the one to refuse, try again
-    at once: the look-up then sees the holder, and the update ends `conflict` without a wait."""
+    at once: the look-up then sees the holder, and the update ends `conflict` (an upsert
+    racing to create: `applied` to the winner's contact) without a wait."""
     for attempt in range(1, _IDENTITY_ATTEMPTS + 1):
         try:
             with runtime.db.unit_of_work() as session:
                 return apply_batch(session, updates, utcnow())
         except Exception as exc:
             # Still refused after these: retried later like any transient failure (23505).
-            if attempt == _IDENTITY_ATTEMPTS or not is_identity_race(exc):
+            if attempt == _IDENTITY_ATTEMPTS or not must_apply_again(exc):
                 raise
             log.info("identity taken by a concurrent write; applying again")
     raise AssertionError("unreachable")

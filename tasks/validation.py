@@ -15,9 +15,10 @@ from typing import Any
 import orjson
 
 from contactsync import names
-from contactsync.schemas import STRING_FIELDS
+from contactsync.schemas import SOURCES, STRING_FIELDS
 from contactsync.timeutil import isoformat, parse_iso, utcnow
 from contactsync.updates import AcceptedUpdate
+from contactsync.upserts import match_keys
 
 log = logging.getLogger("contactsync.worker")
 
@@ -30,8 +31,9 @@ MAX_SEQ = 2**63 - 1  # BIGINT
 MAX_IDS_PER_MESSAGE = 10_000
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "update_id": str, "account_id": str, "contact_id": str, "seq": int, "received_at": str,
-    "patch": dict, "queue": str, "reply_to": (str, type(None)),
+    "patch": dict, "queue": str, "reply_to": (str, type(None)), "match_on": (list, type(None)),
 }
+_OPTIONAL = ("reply_to", "match_on")
 _QUEUES = (names.UPDATES_QUEUE, names.BULK_QUEUE)
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -78,7 +80,7 @@ def parse_stored_update(raw: bytes | str) -> AcceptedUpdate:
     if not isinstance(data, dict):
         raise BadMessage("the stored body is not an object")
     for name, kind in _FIELDS.items():
-        if name not in data and name != "reply_to":
+        if name not in data and name not in _OPTIONAL:
             raise BadMessage(f"the stored body has no {name!r}")
         if name in data and (not isinstance(data[name], kind) or isinstance(data[name], bool)):
             raise BadMessage(f"the stored body's {name!r} has the wrong type")
@@ -93,13 +95,15 @@ def parse_stored_update(raw: bytes | str) -> AcceptedUpdate:
     try:
         if not STORED_CONTACT_ID.fullmatch(data["contact_id"]):
             raise BadMessage("the stored body's contact id is malformed")
-        _check_patch(data["patch"])
+        _check_patch(data["patch"], upsert=update.match_on is not None)
+        if update.match_on is not None:
+            _check_match_on(update.match_on, data["patch"])
     except BadMessage as exc:
         raise RefusedPatch(str(exc), update) from None
     return update
 
 
-def _check_patch(patch: dict[str, Any]) -> None:
+def _check_patch(patch: dict[str, Any], *, upsert: bool = False) -> None:
     for field, value in patch.items():
         if field in STRING_FIELDS:
             ok = isinstance(value, str) or (value is None and field != "name")
@@ -109,6 +113,8 @@ def _check_patch(patch: dict[str, Any]) -> None:
             ok = isinstance(value, dict) and all(
                 isinstance(k, str) and isinstance(v, _SCALARS) for k, v in value.items()
             )
+        elif field == "source" and upsert:  # for the contact it may create
+            ok = value in SOURCES
         elif field == "external_ids":
             ok = isinstance(value, dict) and all(
                 isinstance(k, str) and isinstance(v, str | None) for k, v in value.items()
@@ -117,6 +123,13 @@ def _check_patch(patch: dict[str, Any]) -> None:
             raise BadMessage(f"the patch has an unknown field ({field[:64]!r})")
         if not ok:
             raise BadMessage(f"the patch's {field!r} has the wrong type")
+
+
+def _check_match_on(match_on: list[Any], patch: dict[str, Any]) -> None:
+    if not match_on or not all(isinstance(name, str) for name in match_on):
+        raise BadMessage("the upsert's match_on is not a list of identity names")
+    if len(match_keys(match_on, patch)) != len(match_on):
+        raise BadMessage("the upsert's match_on names an identity its patch does not carry")
 
 
 def storable(update: AcceptedUpdate) -> AcceptedUpdate:

@@ -18,12 +18,13 @@ import httpx
 import psycopg
 import pytest
 from redis import Redis
+from sqlalchemy import delete
 
 from contactsync.contacts import create_contact
 from contactsync.db import Database
 from contactsync.keys import create_key
 from contactsync.migrate import upgrade
-from contactsync.models import Base
+from contactsync.models import Base, OutboxEvent
 from contactsync.settings import Settings
 from tests.support import (
     Process,
@@ -185,6 +186,12 @@ def make_contact(database: Database, account_id: str, **fields: Any) -> str:
         contact = create_contact(
             session, account_id, {"name": "John Doe", **fields}, contact_id=contact_id
         )
+        # A fixture's contact arrives without its `contact.created`: the tests count the events
+        # of what they do to it (tests/e2e/test_upsert_api.py checks that POST emits it).
+        session.execute(delete(OutboxEvent).where(  # the contact is new: only its own event
+            OutboxEvent.payload.contains('"type":"contact.created"'),
+            OutboxEvent.payload.contains(f'"contact_id":"{contact.id}"'),
+        ))
         return contact.id
 
 

@@ -45,8 +45,8 @@ def worker_metrics() -> WorkerMetrics:
     return WorkerMetrics(
         updates=Counter(
             "contactsync_worker_updates_total",
-            "Updates finished, by status (applied, noop, conflict, not_found, failed; duplicate: "
-            "a redelivery of one already finished)", ["status", "queue"],
+            "Updates finished, by status (applied, noop, created, conflict, not_found, failed; "
+            "duplicate: a redelivery of one already finished)", ["status", "queue"],
         ),
         retried=Counter(
             "contactsync_worker_updates_retried_total",

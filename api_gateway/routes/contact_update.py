@@ -38,13 +38,13 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def _wants_async(prefer: str | None) -> bool:
+def wants_async(prefer: str | None) -> bool:
     if not prefer:
         return False
     return any(p.split(";")[0].strip().lower() == "respond-async" for p in prefer.split(","))
 
 
-_HEADERS = [
+HEADERS = [
     {"name": "Prefer", "in": "header", "required": False,
      "description": "`respond-async`: answer 202 at once", "schema": {"type": "string"}},
     idempotency.HEADER,
@@ -57,7 +57,7 @@ ROUTE_PATH = "/external/v1/contacts/{contact_id}"
 @router.put(
     ROUTE_PATH.removeprefix(router.prefix),
     response_model=None,
-    openapi_extra={**body_schema(ContactUpdate), "parameters": _HEADERS},
+    openapi_extra={**body_schema(ContactUpdate), "parameters": HEADERS},
     responses={
         200: {"model": ContactEnvelope, "description": "The update was applied."},
         202: {
@@ -83,7 +83,7 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
         if not CONTACT_ID_PATTERN.fullmatch(contact_id):
             raise NotFound("Contact not found.")
         idem = idempotency.of_request(request, "PUT", body)
-        respond_async = _wants_async(request.headers.get("prefer"))
+        respond_async = wants_async(request.headers.get("prefer"))
         update_id = new_update_id()
         submission = Submission(
             update_id=update_id, account_id=principal.account_id, contact_id=contact_id,
@@ -111,9 +111,9 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
             return idempotency.replay(outcome.record, idem)
     assert isinstance(outcome, Accepted)  # the token's settle() answered a RateRefused 429
     if respond_async:
-        status, payload, headers = _accepted(outcome.update, async_applied=True)
+        status, payload, headers = accepted(outcome.update, async_applied=True)
     else:
-        status, payload, headers = await _wait_for(gateway, outcome.update)
+        status, payload, headers = await wait_for(gateway, outcome.update)
     if idem is not None:
         await gateway.enqueuer.finish_idempotency(
             principal.account_id, idem, update_id,
@@ -122,7 +122,7 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
     return JSONResponse(payload, status_code=status, headers=headers)
 
 
-def _accepted(
+def accepted(
     update: AcceptedUpdate, *, async_applied: bool
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
     headers = {"Location": f"/external/v1/updates/{update.update_id}"}
@@ -131,16 +131,16 @@ def _accepted(
     return 202, {"success": True, "data": update.queued_record()}, headers
 
 
-async def _wait_for(
+async def wait_for(
     gateway: Gateway, update: AcceptedUpdate
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
     result = await gateway.waiter.wait(update.update_id, gateway.settings.sync_wait_seconds)
     WAIT_OUTCOMES.labels("timeout" if result is None else str(result["status"])).inc()
     if result is None:
-        return _accepted(update, async_applied=False)
+        return accepted(update, async_applied=False)
     status = result["status"]
-    if status in ("applied", "noop"):
-        return 200, {"success": True, "data": result["contact"]}, {}
+    if status in ("applied", "noop", "created"):  # created: only an upsert
+        return 201 if status == "created" else 200, {"success": True, "data": result["contact"]}, {}
     error = result.get("error") or {}
     details: dict[str, Any]
     if status == "not_found":

@@ -80,6 +80,7 @@ class Submission:
     # first, so the script reserves the key with the batch's accept, and a key seen before
     # answers the whole batch.
     batch_id: str | None = None
+    match_on: list[str] | None = None  # an upsert's identities (`AcceptedUpdate.match_on`)
 
 
 def _unsequenced(submission: Submission, received_at: str) -> AcceptedUpdate:
@@ -88,6 +89,7 @@ def _unsequenced(submission: Submission, received_at: str) -> AcceptedUpdate:
         update_id=submission.update_id, account_id=submission.account_id,
         contact_id=submission.contact_id, seq=0, received_at=received_at,
         patch=submission.patch, queue=submission.queue, reply_to=submission.reply_to,
+        match_on=submission.match_on,
     )
 
 

@@ -33,6 +33,26 @@ def _linked(case: schemathesis.Case) -> bool:
     return meta is not None and "stateful" in str(meta.phase.name).lower()
 
 
+def _fit_upsert(item: dict[str, Any]) -> None:
+    """Make a valid upsert one the service can apply: it carries every identity it names (no
+    schema says "the value of each name in match_on"), and a name in case it creates."""
+    item.setdefault("name", "Fuzzed")
+    names = item.get("match_on")
+    names = [names] if isinstance(names, str) else names if isinstance(names, list) else []
+    external = item.get("external_ids")
+    carried = [
+        n for n in names
+        if (n in ("email", "linkedin_url") and isinstance(item.get(n), str))
+        or (n.startswith("external_ids.") and isinstance(external, dict)
+            and isinstance(external.get(n.removeprefix("external_ids.")), str))
+    ]
+    if carried:
+        item["match_on"] = carried
+    else:
+        item["match_on"] = "email"
+        item["email"] = f"fuzz-{uuid.uuid4().hex}@example.com"
+
+
 @schemathesis.hook
 def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwargs: Any) -> None:
     """Aim half the valid requests at real contacts and updates; keep cursors and keys real."""
@@ -48,6 +68,12 @@ def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwar
         query["cursor"] = _CURSOR
         query["sort_by"] = "created_at"
     body = case.body
+    if case.path.endswith("/contacts/upsert") and isinstance(body, dict):
+        _fit_upsert(body)
+    elif case.path.endswith("/batch/upsert") and isinstance(body, dict):
+        for item in body.get("upserts") or []:
+            if isinstance(item, dict):
+                _fit_upsert(item)
     email = body.get("email") if isinstance(body, dict) else None
     if isinstance(email, str) and email.lower().rstrip(".").rsplit(".", 1)[-1].rsplit(
         "@", 1

@@ -23,6 +23,7 @@ from contactsync.merge import (
     ContactState,
     merge,
 )
+from contactsync.upserts import blank_state
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 # Simpler properties need fewer examples; keeps the whole file at a few seconds.
@@ -210,6 +211,18 @@ def test_from_empty_state_any_order_gives_the_same_state(
     actual = apply_all(ContactState(), delivered)
     expected = reference(ContactState(), ups)
     assert typed(actual) == typed(expected)
+
+
+@FAST
+@given(data=st.data(), ups=updates(min_size=1))
+def test_upserts_creating_from_the_blank_state_in_any_order_give_the_same_state(
+    data: st.DataObject, ups: list[Update]
+) -> None:
+    # Whichever upsert of a new identity arrives first creates the contact from the blank
+    # state (`upserts.blank_state`); the others then merge into it as updates do.
+    delivered = data.draw(with_duplicates(ups))
+    actual = apply_all(blank_state(), delivered)
+    assert typed(actual) == typed(reference(blank_state(), ups))
 
 
 def test_empty_state_null_then_older_value_is_the_same_state_as_sequence_order() -> None:
