@@ -269,14 +269,18 @@ class ContactUpsert(ContactFields):
               '"other"); ignored when it updates one.')
 
     def upsert(self) -> tuple[list[str], dict[str, Any]]:
-        """Return the identities to match on, and the patch; or raise `ValidationFailed` when
-        a named identity is not in the item."""
+        """Return the identities to match on that the item carries, in order, and the patch;
+        or raise `ValidationFailed` when it carries none of them.
+
+        A sync job names the same identities for every row, and many rows lack some (a
+        LinkedIn connection without an email): those are tried by the ones they have.
+        """
         patch = self.patch()
-        match_on: list[str] = patch.pop("match_on")
-        missing = [n for n in match_on if match_value(n, patch) is None]
-        if missing:
-            raise ValidationFailed({"match_on": f"names {missing[0]}, which the item does "
-                                    "not carry (as a non-null value)"})
+        named: list[str] = patch.pop("match_on")
+        match_on = [n for n in named if match_value(n, patch) is not None]
+        if not match_on:
+            raise ValidationFailed({"match_on": f"names {', '.join(named)}, none of which the "
+                                    "item carries (as a non-null value)"})
         return match_on, patch
 
 

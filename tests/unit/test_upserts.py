@@ -42,6 +42,12 @@ def test_an_item_parses_to_its_match_on_and_patch() -> None:
         ["email"], {"email": "ann@example.com", "source": "csv", "name": "Ann"})
 
 
+def test_identities_an_item_does_not_carry_are_skipped_in_order() -> None:
+    item = {"match_on": ["linkedin_url", "email", "external_ids.hubspot"], "name": "Ann",
+            "email": None, "external_ids": {"hubspot": "51"}}
+    assert parse_body(ContactUpsert, item).upsert()[0] == ["external_ids.hubspot"]
+
+
 @pytest.mark.parametrize("item", [
     {"match_on": "email", "name": "A"},  # names an identity it does not carry
     {"match_on": "email", "email": None, "name": "A"},
