@@ -26,10 +26,13 @@ FIELDS = ("name", "email", "phone", "company", "position", "linkedin_url", "tags
           "custom_fields")
 
 
-def random_patch(rng: random.Random) -> dict[str, Any]:
-    """Return a random update body: one to four fields, values already in canonical form.
+def random_patch(rng: random.Random, contact_id: str) -> dict[str, Any]:
+    """Return a random update body for one contact: one to four fields, values already in
+    canonical form.
 
-    Values are small pools on purpose, so that some updates change nothing.
+    Values are small pools on purpose, so that some updates change nothing. Emails and
+    LinkedIn URLs are the contact's own: identities are unique per account, and a value two
+    contacts wanted would end one update `conflict`, which is not what the faults test.
     """
     patch: dict[str, Any] = {}
     for name in rng.sample(FIELDS, k=rng.randint(1, 4)):
@@ -37,13 +40,13 @@ def random_patch(rng: random.Random) -> dict[str, Any]:
         if name == "name":
             patch[name] = f"Name {n}"
         elif name == "email":
-            patch[name] = None if n == 0 else f"user{n}@example.com"
+            patch[name] = None if n == 0 else f"user{n}.{contact_id}@example.com"
         elif name == "phone":
             patch[name] = None if n == 0 else f"+1 555 010{n}"
         elif name in ("company", "position"):
             patch[name] = None if n == 0 else f"{name.title()} {n}"
         elif name == "linkedin_url":
-            patch[name] = None if n == 0 else f"https://www.linkedin.com/in/user-{n}"
+            patch[name] = None if n == 0 else f"https://www.linkedin.com/in/{contact_id}-{n}"
         elif name == "tags":
             patch[name] = rng.sample(TAG_POOL, k=rng.randrange(4))
         else:
@@ -158,7 +161,7 @@ class Load:
     def _send(
         self, http: httpx.Client, rng: random.Random, contact_id: str, client: int
     ) -> Sent:
-        item = Sent(contact_id, random_patch(rng), f"faults-{uuid.uuid4().hex}", client)
+        item = Sent(contact_id, random_patch(rng, contact_id), f"faults-{uuid.uuid4().hex}", client)
         started = time.monotonic()
         try:
             response = http.put(
