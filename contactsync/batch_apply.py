@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from contactsync import events
 from contactsync.contacts import contact_to_dict, state_of
-from contactsync.dead_letters import park
 from contactsync.errors import TransientFailure
 from contactsync.identities import MAX_EXTERNAL_SYSTEMS
 from contactsync.identity_store import IdentityBook, is_identity_race
@@ -178,11 +177,7 @@ def apply_batch(
         connection.execute(_DELETE_RECORDS, {"ids": retried})
     _INSERT_RECORDS.run(connection, records)
     _INSERT_EVENTS.run(connection, outbox)
-    # An update the rule refused (too many custom fields) is parked with its record, so that
-    # `dead-letters replay` can queue it again once the contact has room.
-    refused = [(o.update, o.error) for o in outcomes if o.status == "failed" and o.error]
-    if refused:
-        park(session, refused, now)
+    # The worker parks what the rule refused (`failed`) in this transaction (tasks/parking.py).
     return outcomes
 
 

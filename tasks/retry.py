@@ -13,7 +13,7 @@ from contactsync.errors import TransientFailure
 # Serialization failure, deadlock, lock timeout, and the connection and shutdown classes; and a
 # unique violation, which is what a concurrent delivery of the same update meets when no row
 # lock serialised the two (a contact that does not exist): the retry then finds its record.
-# The identity index's unique violation is re-checked at once first (tasks/apply.py), and its
+# The identity index's unique violation is re-checked at once first (tasks/applying.py), and its
 # retry ends `conflict`, since the look-up then sees the committed holder.
 _TRANSIENT_SQLSTATES = {"23505", "40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"}
 _TRANSIENT_SQLSTATE_CLASSES = ("08",)

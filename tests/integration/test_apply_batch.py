@@ -16,6 +16,7 @@ from contactsync.schemas import MAX_CUSTOM_FIELDS_BYTES, custom_fields_bytes
 from contactsync.settings import Settings
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate
+from tasks.parking import park_refused
 from tests.conftest import make_contact, make_tenant
 from tests.integration.apply_support import (
     accepted,
@@ -36,10 +37,13 @@ def writer(settings: Settings) -> Iterator[Database]:
 
 
 def run(writer: Database, updates: list[AcceptedUpdate]) -> tuple[list, list[dict]]:
-    """Apply one batch in one transaction; return its outcomes and the events it wrote."""
+    """Apply one batch in one transaction, parking what the rule refused as the worker does;
+    return its outcomes and the events it wrote."""
     with writer.unit_of_work() as session:
         mark = outbox_mark(session)
-        outcomes = apply_batch(session, updates, utcnow())
+        now = utcnow()
+        outcomes = apply_batch(session, updates, now)
+        park_refused(session, outcomes, now)
         events = [orjson.loads(row.payload) for row in outbox_since(session, mark)]
     return outcomes, events
 

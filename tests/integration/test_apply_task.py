@@ -12,7 +12,7 @@ from contactsync.batch_apply import apply_batch
 from contactsync.db import Database
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
-from tasks.apply import BatchResult, apply_with_fallback
+from tasks.applying import BatchResult, apply_with_fallback
 from tasks.runtime import Runtime
 from tests.conftest import make_contact, make_tenant
 from tests.integration.apply_support import (
