@@ -57,13 +57,15 @@ def apply_updates(
         result.transient = []
     # Answer for what is committed first: parking may yet end in a retry.
     finish(runtime, result.outcomes)
+    again: list[str] = []
     if result.permanent:
         parked, again = park_failures(runtime, result.permanent)
         finish(runtime, [Outcome(u, "failed", error=e) for u, e in parked])
-        if again:
-            raise retry(self, runtime, again)
-    if result.transient:
-        raise retry(self, runtime, [u.update_id for u in result.transient])
+    # One retry for both: updates that failed transiently must not wait for the orphan sweep
+    # because parking the others failed too.
+    again += [u.update_id for u in result.transient]
+    if again:
+        raise retry(self, runtime, again)
     counts: dict[str, int] = {}
     for outcome in result.outcomes:
         key = "duplicate" if outcome.duplicate else outcome.status
