@@ -19,7 +19,7 @@ import httpx
 from redis import Redis
 
 from bench import services
-from bench.processes import ROOT
+from bench.processes import ROOT, free_port
 from bench.runs import Config, _applied, _wait_applied
 from bench.services import wait_for
 from contactsync import names
@@ -136,7 +136,7 @@ def upsert_vs_update(cfg: Config, concurrency: int) -> None:
     print("(f) sync import: batch upsert vs batch update", flush=True)
     connections = cfg.log_dir / "Connections.csv"
     write_connections(connections, cfg.import_rows)
-    port = services.free_port()
+    port = free_port()
     gateway = services.start_gateway(cfg.env(), port, cfg.processes, cfg.log_dir)
     worker = services.start_worker(cfg.env(), concurrency, cfg.log_dir)
     url = f"http://127.0.0.1:{port}"
