@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import runs, services
+from bench import runs, services, sync_import
 from contactsync.settings import Settings
 
-SECTIONS = ("a", "b", "c", "d", "e")
+SECTIONS = ("a", "b", "c", "d", "e", "f")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker pool processes, ours and the no-op baseline's "
                         "(default: the worker's own, twice the CPUs)")
     parser.add_argument("--contacts", type=int, default=1000)
+    parser.add_argument("--import-rows", type=int, default=100_000,
+                        help="rows of section (f)'s LinkedIn export")
     parser.add_argument("--quick", action="store_true", help="smoke form for CI")
     args = parser.parse_args(argv)
     sections = [s for s in args.only.split(",") if s]
@@ -41,9 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         contacts = 50 if args.quick else args.contacts
         key, ids = services.seed(settings, contacts)
         cfg = runs.Config(settings=settings, key=key, contacts=ids, log_dir=workdir,
-                          seconds=2 if args.quick else args.seconds, processes=args.processes)
+                          seconds=2 if args.quick else args.seconds, processes=args.processes,
+                          import_rows=args.import_rows)
         if args.quick:
             cfg.drain_updates, cfg.bulk_updates, cfg.soak_updates = 500, 2000, 3000
+            cfg.import_rows = 2000
         print(f"contactsync bench on {platform.node()}, {args.backend}, "
               f"{args.processes} gateway processes, {args.concurrency} worker processes, "
               f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
@@ -57,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.end_to_end(cfg, args.concurrency)
         if "e" in sections:
             runs.memory(cfg, args.concurrency)
+        if "f" in sections:
+            sync_import.upsert_vs_update(cfg, args.concurrency)
     print("\n| measure | ours | baseline | note |\n|---|---|---|---|")
     for row in cfg.rows:
         print("| " + " | ".join(row) + " |")

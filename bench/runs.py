@@ -33,6 +33,7 @@ class Config:
     drain_updates: int = 20_000
     bulk_updates: int = 50_000
     soak_updates: int = 100_000
+    import_rows: int = 100_000
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:

@@ -79,7 +79,7 @@ def seed(settings: Settings, contacts: int) -> tuple[str, list[str]]:
         with db.unit_of_work() as session:
             row, key = create_key(
                 session, "bench", ["contacts:read", "contacts:write"],
-                rate_limit_per_second=1_000_000,
+                rate_limit_per_second=1_000_000, update_rate_limit_per_second=1_000_000,
             )
             ids = [f"cnt_bench{i:07d}" for i in range(contacts)]
             for contact_id in ids:
