@@ -1,7 +1,7 @@
 """`python -m bench`: every benchmark of the high-volume issue, each beside its baseline.
 
-Starts a private Redis (append-only file on) and uses the machine's PostgreSQL (database
-`contactsync_bench`, recreated) unless `--backend sqlite`. `--quick` is CI's smoke form:
+Starts a private Redis (append-only file on) and uses the machine's PostgreSQL (a database
+of the run's own, `contactsync_bench_<pid>`, dropped at the end) unless `--backend sqlite`. `--quick` is CI's smoke form:
 tiny sizes, no figure to trust.
 """
 
