@@ -1,8 +1,8 @@
 """`python -m bench`: every benchmark of the high-volume issue, each beside its baseline.
 
 Starts a private Redis (append-only file on) and uses the machine's PostgreSQL (a database
-of the run's own, `contactsync_bench_<pid>`, dropped at the end) unless `--backend sqlite`. `--quick` is CI's smoke form:
-tiny sizes, no figure to trust.
+of the run's own, `contactsync_bench_<pid>`, dropped at the end) unless `--backend sqlite`.
+`--quick` is CI's smoke form: tiny sizes, no figure to trust.
 """
 
 from __future__ import annotations
