@@ -144,7 +144,9 @@ def apply_batch(
         if finished.get(accepted.update_id) in FINISHED:
             accepted = replace(accepted, contact_id=recorded[accepted.update_id])
             locked = contacts.get(accepted.contact_id)
-            current = dict(locked.public) if locked is not None else None
+            # Another account's contact (a `not_found` delivered again) is never answered.
+            mine = locked is not None and locked.account_id == accepted.account_id
+            current = dict(locked.public) if locked is not None and mine else None
             status = str(finished[accepted.update_id])
             outcomes.append(Outcome(
                 accepted, status, contact=current, error=errors[accepted.update_id],
@@ -291,11 +293,23 @@ def _record(update: AcceptedUpdate, outcome: Outcome, now: datetime) -> dict[str
 
 def record_failures(
     session: Session, failures: Sequence[tuple[AcceptedUpdate, dict[str, str]]], now: datetime
-) -> None:
-    """Record updates that ended `failed` (the caller parks them as dead letters too)."""
+) -> list[tuple[AcceptedUpdate, dict[str, str]]]:
+    """Record updates that ended `failed`; return those recorded (the caller parks them).
+
+    One already finished keeps its record: its commit went through though its answer was lost
+    (the retries that followed ran out), and it must not read `failed` nor be replayed.
+    """
     ids = [u.update_id for u, _ in failures]
-    session.execute(delete(UpdateRecord).where(UpdateRecord.update_id.in_(ids)))
-    session.execute(
-        insert(UpdateRecord),
-        [_record(u, Outcome(u, "failed", error=err), now) for u, err in failures],
-    )
+    done = set(session.scalars(select(UpdateRecord.update_id).where(
+        UpdateRecord.update_id.in_(ids), UpdateRecord.status.in_(FINISHED),
+    )))
+    failures = [(u, err) for u, err in failures if u.update_id not in done]
+    if failures:
+        session.execute(delete(UpdateRecord).where(
+            UpdateRecord.update_id.in_([u.update_id for u, _ in failures])
+        ))
+        session.execute(
+            insert(UpdateRecord),
+            [_record(u, Outcome(u, "failed", error=err), now) for u, err in failures],
+        )
+    return failures

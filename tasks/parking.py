@@ -75,8 +75,7 @@ def _park(
 ) -> None:
     with runtime.db.unit_of_work() as session:
         now = utcnow()
-        record_failures(session, failures, now)
-        park(session, failures, now, bodies)
+        park(session, record_failures(session, failures, now), now, bodies)
 
 
 def _park_storable(

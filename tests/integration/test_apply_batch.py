@@ -9,8 +9,9 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from contactsync.batch_apply import apply_batch
+from contactsync.batch_apply import apply_batch, record_failures
 from contactsync.db import Database
+from contactsync.dead_letters import park
 from contactsync.merge import MAX_MARKERS
 from contactsync.schemas import MAX_CUSTOM_FIELDS_BYTES, custom_fields_bytes
 from contactsync.settings import Settings
@@ -159,6 +160,8 @@ def test_another_accounts_contact_is_not_found_and_unchanged(
     statuses = {o.update.update_id: o for o in outcomes}
     assert statuses[update.update_id].status == "not_found"
     assert statuses[update.update_id].contact is None  # nothing of the contact leaks
+    again, _ = run(writer, [update])  # delivered again: answered from its record
+    assert [(o.status, o.duplicate, o.contact) for o in again] == [("not_found", True, None)]
     assert statuses[legit.update_id].status == "applied"
     assert [e["update_id"] for e in events] == [legit.update_id]
     after = contact(db, contact_id)
@@ -328,3 +331,24 @@ def test_event_payload(db: Database, writer: Database) -> None:
     assert after["updated_at"] == isoformat(now)
     assert outcome.contact == after
     assert set(outcome.changed_fields) == set(event["changes"])
+
+
+def test_parking_leaves_an_update_whose_commit_went_through_as_it_finished(
+    db: Database, writer: Database
+) -> None:
+    # Its commit's answer was lost and the retries ran out: parked, it would read `failed`
+    # though applied, and a replay would apply nothing.
+    tenant = make_tenant(db, "acme")
+    contact_id = make_contact(db, tenant.account_id)
+    applied = accepted(tenant.account_id, contact_id, {"position": "CTO"})
+    failed = accepted(tenant.account_id, contact_id, {"company": "Acme"})
+    run(writer, [applied])
+    error = {"code": "TRANSIENT_FAILURE", "message": "Failed after every retry."}
+    with writer.unit_of_work() as session:
+        now = utcnow()
+        park(session, record_failures(session, [(applied, error), (failed, error)], now), now)
+    found = records(db, [applied.update_id, failed.update_id])
+    assert found[applied.update_id].status == "applied"
+    assert found[failed.update_id].status == "failed"
+    letters = dead_letters(db)
+    assert failed.update_id in letters and applied.update_id not in letters
