@@ -21,11 +21,26 @@ from api_gateway.backlog import BacklogGauge, refusal
 from api_gateway.ratelimit import RateLimiter
 from api_gateway.responses import JSONResponse
 from api_gateway.state import Gateway
+from contactsync.errors import ValidationFailed
 from contactsync.keys import Principal
 from contactsync.queue.accept import Accepted, BacklogRefused, Idempotency, Replayed, Submission
+from contactsync.schemas import MAX_BATCH_ITEMS
 from contactsync.updates import AcceptedUpdate
 
 Result = dict[str, Any]
+
+
+def batch_items(body: Any, field: str) -> list[Any]:
+    """Return the items of a batch body `{field: [...]}`, or raise `ValidationFailed`."""
+    if not isinstance(body, dict):
+        raise ValidationFailed({"_body": "The body must be a JSON object."})
+    unknown = sorted(set(body) - {field})
+    if unknown:
+        raise ValidationFailed({unknown[0]: "Unknown field."})
+    items = body.get(field)
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_ITEMS:
+        raise ValidationFailed({field: f"must be an array of 1 to {MAX_BATCH_ITEMS} {field}"})
+    return items
 
 
 def queued(index: int, submission: Submission, update: AcceptedUpdate) -> Result:

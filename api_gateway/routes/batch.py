@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from api_gateway import idempotency
 from api_gateway.auth import require
 from api_gateway.backlog import BacklogGauge
-from api_gateway.batches import earlier_answer, queue_batch
+from api_gateway.batches import batch_items, earlier_answer, queue_batch
 from api_gateway.body import read_json
 from api_gateway.responses import JSONResponse, error_responses
 from api_gateway.state import GatewayDep
@@ -21,7 +21,6 @@ from contactsync.queue.accept import Submission
 from contactsync.schemas import (
     CONTACT_ID_PATTERN,
     MAX_BATCH_BODY_BYTES,
-    MAX_BATCH_ITEMS,
     BatchEnvelope,
     BatchRequest,
     ContactUpdate,
@@ -45,18 +44,6 @@ def _item_error(index: int, contact_id: Any, fields: dict[str, str]) -> dict[str
     }
 
 
-def _check_envelope(body: Any) -> list[Any]:
-    if not isinstance(body, dict):
-        raise ValidationFailed({"_body": "The body must be a JSON object."})
-    unknown = sorted(set(body) - {"updates"})
-    if unknown:
-        raise ValidationFailed({unknown[0]: "Unknown field."})
-    updates = body.get("updates")
-    if not isinstance(updates, list) or not 1 <= len(updates) <= MAX_BATCH_ITEMS:
-        raise ValidationFailed({"updates": f"must be an array of 1 to {MAX_BATCH_ITEMS} updates"})
-    return updates
-
-
 @router.post(
     "/contacts/batch/update",
     response_model=None,
@@ -75,7 +62,7 @@ async def batch_update(request: Request, principal: Writer, gateway: GatewayDep)
     backlog: BacklogGauge = request.app.state.backlog
     backlog.check(principal.account_id)
     body = await read_json(request, limit=MAX_BATCH_BODY_BYTES)
-    items = _check_envelope(body)
+    items = batch_items(body, "updates")
     idem, answer = await earlier_answer(request, principal, gateway, body)
     if answer is not None:
         return answer

@@ -15,7 +15,7 @@ from api_gateway import idempotency
 from api_gateway.auth import require
 from api_gateway.backlog import BacklogGauge
 from api_gateway.backlog import refusal as backlog_refusal
-from api_gateway.batches import earlier_answer, queue_batch
+from api_gateway.batches import batch_items, earlier_answer, queue_batch
 from api_gateway.body import read_json
 from api_gateway.responses import JSONResponse, error_responses
 from api_gateway.routes.contact_update import HEADERS, accepted, body_schema, wait_for, wants_async
@@ -27,7 +27,6 @@ from contactsync.keys import Principal
 from contactsync.queue.accept import Accepted, BacklogRefused, Idempotency, Replayed, Submission
 from contactsync.schemas import (
     MAX_BATCH_BODY_BYTES,
-    MAX_BATCH_ITEMS,
     BatchEnvelope,
     ContactEnvelope,
     ContactUpsert,
@@ -121,18 +120,6 @@ def _item_error(index: int, fields: dict[str, str]) -> dict[str, Any]:
     }}
 
 
-def _check_envelope(body: Any) -> list[Any]:
-    if not isinstance(body, dict):
-        raise ValidationFailed({"_body": "The body must be a JSON object."})
-    unknown = sorted(set(body) - {"upserts"})
-    if unknown:
-        raise ValidationFailed({unknown[0]: "Unknown field."})
-    upserts = body.get("upserts")
-    if not isinstance(upserts, list) or not 1 <= len(upserts) <= MAX_BATCH_ITEMS:
-        raise ValidationFailed({"upserts": f"must be an array of 1 to {MAX_BATCH_ITEMS} upserts"})
-    return upserts
-
-
 @router.post(
     "/contacts/batch/upsert",
     response_model=None,
@@ -153,7 +140,7 @@ async def batch_upsert(request: Request, principal: Writer, gateway: GatewayDep)
     backlog: BacklogGauge = request.app.state.backlog
     backlog.check(principal.account_id)
     body = await read_json(request, limit=MAX_BATCH_BODY_BYTES)
-    items = _check_envelope(body)
+    items = batch_items(body, "upserts")
     idem, answer = await earlier_answer(request, principal, gateway, body)
     if answer is not None:
         return answer
