@@ -59,13 +59,13 @@ async def batch_update(request: Request, principal: Writer, gateway: GatewayDep)
     With an `Idempotency-Key`, the whole batch is one request: the same key and body get the
     same results and update ids, and the batch is applied once.
     """
-    backlog: BacklogGauge = request.app.state.backlog
-    backlog.check(principal.account_id)
     body = await read_json(request, limit=MAX_BATCH_BODY_BYTES)
     items = batch_items(body, "updates")
     idem, answer = await earlier_answer(request, principal, gateway, body)
     if answer is not None:
         return answer
+    backlog: BacklogGauge = request.app.state.backlog
+    backlog.check(principal.account_id)
     results: list[dict[str, Any] | None] = [None] * len(items)
     submissions: list[tuple[int, Submission]] = []
     for index, item in enumerate(items):

@@ -77,12 +77,13 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
     principal = await authenticate(request)
     async with Token(request, principal) as token:
         check_permission(principal, "contacts:write")
-        request.app.state.backlog.check(principal.account_id)
         body = await read_json(request)
         patch = parse_body(ContactUpdate, body).patch()
         if not CONTACT_ID_PATTERN.fullmatch(contact_id):
             raise NotFound("Contact not found.")
         idem = idempotency.of_request(request, "PUT", body)
+        if idem is None:  # with a key, the accept script answers a replay before the backlog
+            request.app.state.backlog.check(principal.account_id)
         respond_async = wants_async(request.headers.get("prefer"))
         update_id = new_update_id()
         submission = Submission(

@@ -230,6 +230,43 @@ def test_over_the_backlog_new_updates_get_503_and_nothing_queued_is_dropped(
     assert get_contact(stack, tenant.key, contact_id)["position"] == "Intern"
 
 
+def test_over_the_backlog_a_request_replayed_by_its_idempotency_key_gets_its_first_answer(
+    stack: Stack, tmp_path: Path
+) -> None:
+    only_on_sqlite(stack)
+    tenant = new_tenant(stack, "acme")
+    contact_ids = [make_contact(stack.db, tenant.account_id) for _ in range(2)]
+    env = {"CONTACTSYNC_MAX_BACKLOG": "1", "CONTACTSYNC_MAX_ACCOUNT_BACKLOG": "100",
+           "CONTACTSYNC_BACKLOG_REFRESH_SECONDS": "0.05"}
+    with extra_gateway(stack, tmp_path, idle=True, **env) as idle:
+        client = httpx.Client(base_url=idle.base_url, headers={"X-API-Key": tenant.key})
+        with client:
+            put_path = contact_path(contact_ids[0])
+            put_headers = {**ASYNC, "Idempotency-Key": "put-1"}
+            put = client.put(put_path, json={"company": "Acme"}, headers=put_headers)
+            assert put.status_code == 202, put.text
+            batch_body = {"updates": [{"id": c, "position": "Lead"} for c in contact_ids]}
+            batch_headers = {"Idempotency-Key": "batch-1"}
+            batch = client.post(
+                "/external/v1/contacts/batch/update", json=batch_body, headers=batch_headers
+            )
+            assert batch.status_code == 202, batch.text
+            # Two messages are over a limit of one: the gauge stops counting there.
+            wait_until(lambda: backlog_seen(idle.base_url) >= 2, timeout=10)
+            refused = client.put(put_path, json={"company": "Other"}, headers=ASYNC)
+            assert_error(refused, 503, "SERVICE_UNAVAILABLE")
+
+            again = client.put(put_path, json={"company": "Acme"}, headers=put_headers)
+            assert again.status_code == 202, again.text
+            assert again.json()["data"]["update_id"] == put.json()["data"]["update_id"]
+            batch_again = client.post(
+                "/external/v1/contacts/batch/update", json=batch_body, headers=batch_headers
+            )
+            assert batch_again.status_code == 202, batch_again.text
+            assert batch_again.json() == batch.json()
+            assert idle.redis.llen(queue_list_key(names.BULK_QUEUE)) == 1  # queued once
+
+
 def test_the_backlog_counts_updates_not_messages(stack: Stack, tmp_path: Path) -> None:
     only_on_sqlite(stack)
     tenant = new_tenant(stack, "acme")
