@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -22,6 +23,7 @@ from redis import Redis
 from contactsync import names, scripts
 from contactsync.db import Database
 from contactsync.settings import Settings
+from contactsync.updates import AcceptedUpdate
 from tests.conftest import REDIS_DB, make_contact, make_tenant
 from tests.integration.apply_support import accepted, push, records
 from tests.integration.test_worker import pool_children
@@ -76,11 +78,23 @@ def task_lines(process: Process, message: bytes, what: str) -> int:
     return process.log().count(f"[{task_id}] {what}")
 
 
-def test_a_killed_workers_update_is_applied_by_another_within_seconds(
+@dataclass
+class Stuck:
+    """Worker A, whose pool child is stopped while it holds one update, and worker B."""
+
+    a: Process
+    b: Process
+    child: int  # A's stopped pool child
+    update: AcceptedUpdate
+    message: bytes
+    holder: str  # A's consumer
+
+
+def worker_a_stuck_on_one_update(
     db: Database, settings: Settings, own_redis: str, workers: dict[str, Process],
-    tmp_path: Path,
-) -> None:
-    redis = Redis.from_url(own_redis)
+    tmp_path: Path, redis: Redis,
+) -> Stuck:
+    """Start worker A, stop its pool child, queue one update A takes, then start worker B."""
     tenant = make_tenant(db, "acme")
     contact_id = make_contact(db, tenant.account_id)
     update = accepted(tenant.account_id, contact_id, {"position": "CTO"})
@@ -88,8 +102,18 @@ def test_a_killed_workers_update_is_applied_by_another_within_seconds(
     (child,) = pool_children(a.popen.pid)
     os.kill(child, signal.SIGSTOP)
     message = push(redis, [update])
-    wait_until(lambda: held_by(redis, message), timeout=15)
+    holder = wait_until(lambda: held_by(redis, message), timeout=15)
     b = start(workers, "b", settings, own_redis, tmp_path)
+    return Stuck(a, b, child, update, message, holder)
+
+
+def test_a_killed_workers_update_is_applied_by_another_within_seconds(
+    db: Database, settings: Settings, own_redis: str, workers: dict[str, Process],
+    tmp_path: Path,
+) -> None:
+    redis = Redis.from_url(own_redis)
+    stuck = worker_a_stuck_on_one_update(db, settings, own_redis, workers, tmp_path, redis)
+    a, b, update, message = stuck.a, stuck.b, stuck.update, stuck.message
 
     os.killpg(a.popen.pid, signal.SIGKILL)  # main process, pool, relay: all at once
     killed = time.monotonic()
@@ -117,15 +141,10 @@ def test_a_live_worker_whose_task_takes_long_keeps_its_message(
     tmp_path: Path,
 ) -> None:
     redis = Redis.from_url(own_redis)
-    tenant = make_tenant(db, "acme")
-    contact_id = make_contact(db, tenant.account_id)
-    update = accepted(tenant.account_id, contact_id, {"position": "CTO"})
-    a = start(workers, "a", settings, own_redis, tmp_path)
-    (child,) = pool_children(a.popen.pid)
-    os.kill(child, signal.SIGSTOP)
-    message = push(redis, [update])
-    holder = wait_until(lambda: held_by(redis, message), timeout=15)
-    b = start(workers, "b", settings, own_redis, tmp_path)
+    stuck = worker_a_stuck_on_one_update(db, settings, own_redis, workers, tmp_path, redis)
+    a, b, update, message, holder = (
+        stuck.a, stuck.b, stuck.update, stuck.message, stuck.holder
+    )
 
     # Twice the silence after which a worker is dead: A's task is as slow as a stuck database
     # makes it, but A itself is alive, and B must leave its message alone. (Waiting for
@@ -135,7 +154,7 @@ def test_a_live_worker_whose_task_takes_long_keeps_its_message(
     assert redis.llen(names.UPDATES_QUEUE) == 0
     assert task_lines(b, message, "received") == 0
 
-    os.kill(child, signal.SIGCONT)
+    os.kill(stuck.child, signal.SIGCONT)
     found = wait_until(lambda: records(db, [update.update_id]).get(update.update_id), timeout=30)
     assert found.status == "applied"
     wait_until(lambda: task_lines(a, message, "succeeded") or None, timeout=10)
