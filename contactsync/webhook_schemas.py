@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import SkipJsonSchema
 
 from contactsync.errors import ValidationFailed
 from contactsync.events import CONTACT_CREATED, CONTACT_DELETED, CONTACT_UPDATED
@@ -41,8 +42,15 @@ EventTypes = Annotated[
 Description = Annotated[str, Field(max_length=MAX_DESCRIPTION_LENGTH, pattern=r"^[^\u0000]*$")]
 
 
+def _no_defaults(schema: dict[str, Any]) -> None:
+    # A `None` default means "not sent"; null itself is refused, so the document offers neither.
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", 0) is None:
+            del prop["default"]
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_no_defaults)
 
 
 class WebhookCreate(_Body):
@@ -56,10 +64,10 @@ class WebhookCreate(_Body):
 class WebhookPatch(_Body):
     """Change an endpoint: only the fields present change."""
 
-    url: WebhookUrl | None = None
-    events: EventTypes | None = None
-    description: Description | None = None
-    enabled: bool | None = None
+    url: WebhookUrl | SkipJsonSchema[None] = None
+    events: EventTypes | SkipJsonSchema[None] = None
+    description: Description | SkipJsonSchema[None] = None
+    enabled: bool | SkipJsonSchema[None] = None
 
 
 def _rfc3339(text: str) -> str:
