@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -18,6 +18,7 @@ EVENT_TYPES = (CONTACT_UPDATED, CONTACT_CREATED, CONTACT_DELETED)
 WEBHOOK_ID_PATTERN = re.compile(r"whk_[a-z0-9]{20}")
 MAX_URL_LENGTH = 2048
 MAX_DESCRIPTION_LENGTH = 500
+_LEAP_SECOND = re.compile(r"(T\d\d:\d\d:)60")
 
 EventType = Literal["contact.updated", "contact.created", "contact.deleted"]
 
@@ -77,14 +78,18 @@ def _rfc3339(text: str) -> str:
 
 def instant(text: str) -> datetime:
     """Parse an RFC 3339 date-time in UTC; one without its offset is ambiguous, so refused."""
+    upper = _LEAP_SECOND.sub(r"\g<1>59", text.upper())  # RFC 3339 allows :60; Python does not
     try:
-        value = datetime.fromisoformat(text.upper())
-        if value.tzinfo is None or "T" not in text.upper():
-            raise ValueError
-        return as_utc(value)
-    except (ValueError, OverflowError):
+        value = datetime.fromisoformat(upper)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None or "T" not in upper:
         raise ValueError("must be an RFC 3339 date-time with its offset, like "
-                         "2024-01-15T10:30:00Z") from None
+                         "2024-01-15T10:30:00Z")
+    try:
+        return as_utc(value)
+    except OverflowError:  # year 1 east of UTC, or 9999 west of it: as far as UTC goes
+        return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 class WebhookReplay(_Body):
