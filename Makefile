@@ -21,8 +21,11 @@ up: install
 test: install
 	$(BIN)/pytest
 
-# The inner loop: every test but those marked slow (fault scenarios, schemathesis, Flower in a
-# browser, compose commands, shutdowns, process supervision); about two minutes.
+# The inner loop: every test but those marked slow (those that start gateways, workers or a
+# Redis of their own, kill processes, race, fuzz or flood: fault scenarios, schemathesis,
+# Flower in a browser, compose commands, shutdowns, process supervision, rate and backlog
+# limits, dead workers).
+
 test-fast: install
 	$(BIN)/pytest -m "not slow"
 

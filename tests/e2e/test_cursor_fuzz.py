@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,8 @@ from contactsync.keys import create_key
 from contactsync.schemas import CONTACT_ID_PATTERN
 from tests.conftest import ALL_PERMISSIONS, Stack, make_contact
 from tests.e2e.helpers import api, assert_bad_fields
+
+pytestmark = pytest.mark.slow  # 150 generated cursors against a real gateway
 
 LIST = "/external/v1/contacts"
 FUZZ = settings(

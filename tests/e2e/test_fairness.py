@@ -21,6 +21,8 @@ from tests.e2e.gateways import extra_gateway
 from tests.e2e.helpers import ASYNC, api, assert_error, contact_path, get_contact, new_tenant
 from tests.support import ROOT, service_env, wait_until
 
+pytestmark = pytest.mark.slow  # a flood from three threads against gateways of its own
+
 BATCH = "/external/v1/contacts/batch/update"
 FLOOD_SECONDS = 6.0
 APPLIED_WITHIN_SECONDS = 10.0  # "within seconds", on a machine shared with other test runs

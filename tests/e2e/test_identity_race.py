@@ -18,6 +18,8 @@ from tests.conftest import Stack, make_contact
 from tests.e2e.helpers import contact_path, new_tenant
 from tests.support import free_port, service_env, start_gateway, wait_for_worker
 
+pytestmark = pytest.mark.slow  # racing threads, gateways and workers
+
 CLIENTS = 16
 
 

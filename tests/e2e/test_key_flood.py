@@ -9,12 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from api_gateway.key_cache import MISS_INTERVAL
 from contactsync.keys import create_key
 from tests.conftest import ALL_PERMISSIONS, Stack, Tenant, make_contact
 from tests.e2e.gateways import extra_gateway
 from tests.e2e.helpers import contact_path, new_tenant
+
+pytestmark = pytest.mark.slow  # floods a gateway of its own with made-up keys
 
 FLOOD = 3000
 CLIENTS = 24

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import select
 
 from contactsync.ids import KEY_DISPLAY_PREFIX_LENGTH, hash_api_key, new_key_id
@@ -13,6 +14,8 @@ from contactsync.timeutil import utcnow
 from tests.conftest import Stack
 from tests.e2e.helpers import new_tenant
 from tests.support import ROOT, service_env
+
+pytestmark = pytest.mark.slow  # a CLI process per step, and waits out the key cache
 
 
 def _revoke(stack: Stack, name: str) -> subprocess.CompletedProcess[str]:

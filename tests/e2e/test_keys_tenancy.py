@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import event, text
 
 from contactsync.ids import KEY_DISPLAY_PREFIX_LENGTH
@@ -60,6 +61,7 @@ def test_keys_are_stored_only_as_hashes(stack: Stack) -> None:
     assert api(stack, secret).get(contact_path("cnt_000000000000")).status_code == 404
 
 
+@pytest.mark.slow  # a gateway of its own, and waits out its key cache
 def test_a_revoked_key_is_refused_by_every_gateway_within_the_bound(
     stack: Stack, tmp_path: Path
 ) -> None:

@@ -29,6 +29,8 @@ from tests.e2e.helpers import (
 from tests.e2e.ops import samples, value
 from tests.support import wait_until
 
+pytestmark = pytest.mark.slow  # gateways of its own; waits for rate buckets and backlog refreshes
+
 RATE_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
 
 

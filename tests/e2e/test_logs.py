@@ -23,6 +23,8 @@ from tests.e2e.gateways import private_redis
 from tests.e2e.ops import CONTACTSYNC, Services, contactsync, json_lines, own_services, wait_http_ok
 from tests.support import ROOT, free_port, service_env, wait_until
 
+pytestmark = pytest.mark.slow  # gateways and workers of its own, to read their logs
+
 EMAIL, NEW_EMAIL = "log.person@example.com", "log.person@example.org"
 PHONE, NEW_PHONE = "+55 11 98888-7777", "+5511977776666"
 POSITION = "Chief Logging Officer"
@@ -183,7 +185,6 @@ def terminal_up(
             assert status == 0, term.screen()[-3000:]
 
 
-@pytest.mark.slow  # all of `contactsync up`
 def test_up_in_a_terminal_logs_plain_text_and_prints_flower_credentials(
     terminal_up: tuple[Terminal, str],
 ) -> None:

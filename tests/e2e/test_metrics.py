@@ -23,6 +23,8 @@ from tests.e2e.ops import Services, own_services, samples, value
 from tests.support import wait_until
 from worker.metrics_server import OutboxCollector
 
+pytestmark = pytest.mark.slow  # services of its own, to count from zero
+
 ASYNC = {"Prefer": "respond-async"}
 PUT_ROUTE = "/external/v1/contacts/{contact_id}"
 

@@ -22,6 +22,8 @@ from tests.e2e.gateways import extra_gateway
 from tests.e2e.helpers import ASYNC, api, contact_path, new_tenant, settled_events
 from tests.support import Process, free_port, service_env, wait_until
 
+pytestmark = pytest.mark.slow  # runs every path and reads every log, metric and Redis key
+
 FLOWER_AUTH = ("flower-test", "flower-pass-" + secrets.token_hex(4))
 
 

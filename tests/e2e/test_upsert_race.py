@@ -17,6 +17,8 @@ from tests.conftest import Stack
 from tests.e2e.helpers import new_tenant
 from tests.support import free_port, service_env, start_gateway, wait_for_worker
 
+pytestmark = pytest.mark.slow  # racing threads, gateways and workers
+
 CLIENTS = 16
 
 

@@ -223,6 +223,7 @@ def test_bodies_are_validated(stack: Stack) -> None:
     assert_error(client.get(f"{HOOKS}/not-an-id"), 404, "NOT_FOUND")
 
 
+@pytest.mark.slow  # a gateway of its own
 def test_insecure_urls_when_allowed(stack: Stack, tmp_path: Path) -> None:
     key = new_tenant(stack, "acme", MANAGE).key
     with extra_gateway(stack, tmp_path, CONTACTSYNC_WEBHOOKS_ALLOW_INSECURE="true") as gateway:

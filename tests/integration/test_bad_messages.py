@@ -89,6 +89,7 @@ def test_an_unknown_task_is_refused_once(stack: Stack) -> None:
     assert_still_working(stack)
 
 
+@pytest.mark.slow  # a worker of its own
 def test_a_message_that_is_not_a_task_does_not_stop_the_worker(
     stack: Stack, tmp_path: Path
 ) -> None:

@@ -29,6 +29,8 @@ from tests.integration.apply_support import accepted, push, records
 from tests.integration.test_worker import pool_children
 from tests.support import Process, service_env, start_worker, wait_for_worker, wait_until
 
+pytestmark = pytest.mark.slow  # workers of its own, killed and stopped
+
 PROMISE_SECONDS = 15  # DESIGN §3: a dead worker's updates are applied within this
 
 

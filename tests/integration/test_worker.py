@@ -446,6 +446,7 @@ def test_the_process_that_forks_the_pool_holds_no_sqlite_file(stack: Stack, back
     assert not {p for p in opened if p.startswith(str(database.resolve()))}
 
 
+@pytest.mark.slow  # kills a pool process and waits for its replacement
 def test_an_update_whose_pool_process_dies_is_applied_once_by_another(stack: Stack) -> None:
     tenant = make_tenant(stack.db, "acme")
     contact_id = make_contact(stack.db, tenant.account_id)
@@ -555,6 +556,7 @@ def relay_processes(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # kills the relay and waits for its restart
 def test_a_relay_that_dies_is_started_again(stack: Stack) -> None:
     # Without its relay a worker publishes no event and queues no lost message again, while it
     # goes on applying updates as if all were well.
