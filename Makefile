@@ -25,7 +25,6 @@ test: install
 # Redis of their own, kill processes, race, fuzz or flood: fault scenarios, schemathesis,
 # Flower in a browser, compose commands, shutdowns, process supervision, rate and backlog
 # limits, dead workers).
-
 test-fast: install
 	$(BIN)/pytest -m "not slow"
 
