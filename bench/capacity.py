@@ -384,14 +384,16 @@ class Limits:
     host_cores: int = 16  # a gateway or worker host
 
 
-def capacity_table(phases: list[Phase], limits: Limits) -> str:
+def capacity_table(phases: list[Phase], limits: Limits, rates: dict[str, float]) -> str:
+    """At 1x, 10x and 100x a phase's rate (or `rates[kind]`, when given), what each part
+    needs, from the phase's costs per update."""
     rows = []
     for p in phases:
         c = p.costs
         assert c is not None and p.updates
         n = p.updates
         for factor in (1, 10, 100):
-            rate = p.rate * factor
+            rate = rates.get(p.kind, p.rate) * factor
             redis = rate * c.cpu["redis"] / n / limits.redis_cpu
             pg = rate * c.cpu["postgres"] / n / limits.pg_cores
             wal = rate * c.wal / n / 1e6 / limits.wal_mb
@@ -415,7 +417,7 @@ def capacity_table(phases: list[Phase], limits: Limits) -> str:
                    f"worker cores ({limits.host_cores}-core hosts)", "first to saturate"], rows)
 
 
-def report(phases: list[Phase], limits: Limits) -> str:
+def report(phases: list[Phase], limits: Limits, reference: dict[str, float]) -> str:
     one_host = [p for p in phases if p.layout == ONE_HOST]
     two_hosts = [p for p in phases if p.layout == TWO_HOSTS]
     parts = ["### Costs per update (CPU in milliseconds; Redis and PostgreSQL counters)",
@@ -427,7 +429,13 @@ def report(phases: list[Phase], limits: Limits) -> str:
              "### Redis commands per update (client calls and calls inside scripts)",
              commands_table(phases),
              "### Capacity at 1x, 10x and 100x what one host sustained here",
-             capacity_table(one_host, limits)]
+             capacity_table(one_host, limits, {})]
+    if reference:
+        given = ", ".join(f"{kind} {rate:,.0f}/s" for kind, rate in reference.items())
+        parts += [f"### Capacity at 1x, 10x and 100x the reference rates ({given}), "
+                  "at the costs per update measured here",
+                  capacity_table([p for p in one_host if p.kind in reference], limits,
+                                 reference)]
     ratios = []
     for one in one_host:
         two = [p for p in two_hosts if (p.kind, p.round) == (one.kind, one.round)]
@@ -452,8 +460,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host-cores", type=int, default=Limits.host_cores)
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the four phases this many times, one round after another")
+    parser.add_argument("--reference", default="",
+                        help="rates to model besides the measured ones, e.g. "
+                        "single=1933,bulk=4410 (from `python -m bench` on a quiet machine)")
     parser.add_argument("--quick", action="store_true", help="smoke form for CI")
     args = parser.parse_args(argv)
+    try:
+        reference = {kind: float(rate) for kind, rate in (
+            item.split("=", 1) for item in args.reference.split(",") if item)}
+    except ValueError:
+        parser.error("--reference takes kind=rate pairs, e.g. single=1933,bulk=4410")
+    if set(reference) - {"single", "bulk"}:
+        parser.error("--reference knows the kinds single and bulk")
     if not postgres.available():
         raise SystemExit("bench.capacity needs PostgreSQL's initdb (a private cluster)")
     limits = Limits(pg_cores=args.pg_cores, wal_mb=args.wal_mb, net_mb=args.net_mb,
@@ -475,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                   for round_ in range(1, args.rounds + 1)
                   for layout in (ONE_HOST, TWO_HOSTS) for kind in ("bulk", "single")]
     print()
-    print(report(phases, limits))
+    print(report(phases, limits, reference))
     given = argv if argv is not None else sys.argv[1:]
     print(f"\ncommand: python -m bench.capacity {' '.join(given)}")
     return 0
