@@ -417,6 +417,27 @@ def capacity_table(phases: list[Phase], limits: Limits, rates: dict[str, float])
                    f"worker cores ({limits.host_cores}-core hosts)", "first to saturate"], rows)
 
 
+def ceilings_table(phases: list[Phase], limits: Limits) -> str:
+    """The updates a second each shared part carries on its own, at a phase's costs."""
+
+    def most(cost: float, limit: float, updates: int) -> str:
+        return f"{limit * updates / cost:,.0f}" if cost > 0 else "-"
+
+    rows = []
+    for p in phases:
+        c, n = p.costs, p.updates
+        assert c is not None and n
+        rows.append([
+            p.title, most(c.cpu["redis"], limits.redis_cpu, n),
+            most(c.redis_net_in + c.redis_net_out, limits.net_mb * 1e6, n),
+            most(c.cpu["postgres"], limits.pg_cores, n), most(c.wal, limits.wal_mb * 1e6, n),
+        ])
+    return _table(["costs of", f"one Redis, CPU ({limits.redis_cpu:g} s/s)",
+                   f"one Redis, network ({limits.net_mb:g} MB/s)",
+                   f"one PostgreSQL primary, CPU ({limits.pg_cores} cores)",
+                   f"one PostgreSQL primary, WAL ({limits.wal_mb:g} MB/s)"], rows)
+
+
 def report(phases: list[Phase], limits: Limits, reference: dict[str, float]) -> str:
     one_host = [p for p in phases if p.layout == ONE_HOST]
     two_hosts = [p for p in phases if p.layout == TWO_HOSTS]
@@ -428,6 +449,8 @@ def report(phases: list[Phase], limits: Limits, reference: dict[str, float]) -> 
              hosts_table(two_hosts),
              "### Redis commands per update (client calls and calls inside scripts)",
              commands_table(phases),
+             "### Updates per second one shared part carries, at the costs per update above",
+             ceilings_table(phases, limits),
              "### Capacity at 1x, 10x and 100x what one host sustained here",
              capacity_table(one_host, limits, {})]
     if reference:
@@ -440,7 +463,8 @@ def report(phases: list[Phase], limits: Limits, reference: dict[str, float]) -> 
     for one in one_host:
         two = [p for p in two_hosts if (p.kind, p.round) == (one.kind, one.round)]
         if two and one.rate:
-            ratios.append(f"- {one.title}: 2 hosts / 1 host = {two[0].rate:,.0f} / "
+            ratios.append(f"- {one.title.removeprefix('1 host, ')}: 2 hosts / 1 host = "
+                          f"{two[0].rate:,.0f} / "
                           f"{one.rate:,.0f} = {two[0].rate / one.rate:.2f}")
     parts += ["### Throughput, two hosts against one on the same cores", "\n".join(ratios)]
     return "\n\n".join(parts)
