@@ -13,8 +13,10 @@ backend's statistics within 10 s; the window also gives the idle cost per second
 load, wait until every update is finished and its event published, snapshot the process
 trees and Redis, stop the processes, then read PostgreSQL's counters (a backend flushes its
 statistics as it exits). Prints markdown tables: costs per update, idle costs, each host's
-share, Redis commands per update, and the capacity arithmetic at 1x, 10x and 100x the rate
-one host sustained here. `--quick` is the smoke form: tiny sizes, no figure to trust.
+share, Redis commands per update, the updates a second one Redis and one PostgreSQL primary
+carry at those costs, and the capacity arithmetic at 1x, 10x and 100x the rate one host
+sustained here (and at `--reference` rates, a quiet machine's). `docs/scaling.md` is the model
+built on it. `--quick` is the smoke form: tiny sizes, no figure to trust.
 """
 
 from __future__ import annotations
@@ -286,6 +288,7 @@ def run_phase(run: Run, layout: Layout, kind: str, pg_root: int, round_: int) ->
         phase.recorded = _recorded(run.pg_url) - recorded_before
     finally:
         started.stop()
+        redis.close()
     after.postgres = _after_backends_exit(run.pg_url)
     phase.costs = Costs.between(before, after, run.pg_url)
     print(f"  {phase.updates} updates in {phase.seconds:.1f} s: {phase.rate:.0f}/s", flush=True)
