@@ -16,7 +16,7 @@ wrk.method = "PUT"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-API-Key"] = "{key}"
 {extra_headers}
-counter = 0
+counter = {first}
 request = function()
   counter = counter + 1
   local id = string.format("cnt_bench%07d", counter % {contacts})
@@ -43,12 +43,14 @@ def _ms(text: str) -> float:
 
 
 def wrk(url: str, key: str, contacts: int, seconds: float, connections: int = 64,
-        respond_async: bool = True) -> WrkResult:
-    """Drive PUTs at the highest rate the server takes; return wrk's figures."""
+        respond_async: bool = True, first: int = 0) -> WrkResult:
+    """Drive PUTs at the highest rate the server takes; return wrk's figures. `first`: where
+    the request counter starts, which numbers the values sent (two loads with the same values
+    would make the second's updates no-ops)."""
     if shutil.which("wrk") is None:
         raise SystemExit("bench needs wrk (Debian package wrk)")
     extra = 'wrk.headers["Prefer"] = "respond-async"' if respond_async else ""
-    script = WRK_SCRIPT.format(key=key, contacts=contacts, extra_headers=extra)
+    script = WRK_SCRIPT.format(key=key, contacts=contacts, extra_headers=extra, first=first)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
     try:
