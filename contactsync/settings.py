@@ -122,6 +122,21 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="the API key `contactsync import` sends (a secret)"
     )
+    webhook_secret_key: SecretStr | None = Field(
+        default=None, min_length=32,
+        description="the key that encrypts webhook signing secrets at rest (32 or more random "
+        "characters); required in production, see docs/security.md",
+    )
+    webhook_secret_key_file: Path = Field(
+        default=Path(".contactsync/webhook-secret-key"),
+        description="development only, when webhook_secret_key is unset: the file that holds "
+        "a random key, made on first use",
+    )
+    webhooks_allow_insecure: bool = Field(
+        default=False,
+        description="development and tests: accept http:// and private, loopback or link-local "
+        "webhook URLs",
+    )
     # Webhook delivery (contactsync/webhook_*.py, tasks/webhooks.py); durations are settings
     # so that tests can shrink them.
     webhook_timeout_seconds: float = Field(
@@ -187,6 +202,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "CONTACTSYNC_FLOWER_BASIC_AUTH must be set in production (not the default)"
             )
+        if self.environment == "production" and self.webhook_secret_key is None:
+            raise ValueError("CONTACTSYNC_WEBHOOK_SECRET_KEY must be set in production")
+        if self.environment == "production" and self.webhooks_allow_insecure:
+            raise ValueError("CONTACTSYNC_WEBHOOKS_ALLOW_INSECURE is for development only")
         return self
 
     @model_validator(mode="after")
