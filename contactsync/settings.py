@@ -161,8 +161,9 @@ class Settings(BaseSettings):
         default=100, ge=1, le=1000, description="most deliveries in one delivery task (one "
         "endpoint, distinct contacts, sent concurrently)"
     )
-    webhook_endpoint_max_in_flight: int = Field(
-        default=200, ge=1, description="most deliveries of one endpoint in flight at once"
+    webhook_endpoint_max_tasks: int = Field(
+        default=2, ge=1, description="most delivery tasks of one endpoint in flight at once: "
+        "how many of the delivery workers' pool processes a slow endpoint can hold"
     )
     webhook_lease_seconds: float = Field(
         default=60.0, gt=0, description="a dispatched delivery not finished within this is "

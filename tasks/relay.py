@@ -24,6 +24,7 @@ from contactsync.timeutil import utcnow
 from contactsync.webhook_fanout import EndpointDirectory, fan_out
 from tasks import account_backlog
 from tasks.retry import backoff_seconds
+from tasks.webhook_dispatch import dispatch_once, prune_now_and_then
 from worker.app import sweep_interval
 
 log = logging.getLogger("contactsync.relay")
@@ -108,6 +109,7 @@ def requeue_lost(redis: Redis, settings: Settings) -> int:
 def run_relay(settings: Settings, stop: threading.Event) -> None:
     """Publish outbox events until `stop` is set, then drain.
 
+    Each pass also hands due webhook deliveries to their tasks (tasks/webhook_dispatch.py).
     Between passes, look for pending updates that lost their task message (`requeue_lost`).
     """
     db = Database(settings)
@@ -119,6 +121,7 @@ def run_relay(settings: Settings, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 published = relay_once(db, redis, settings, endpoints)
+                dispatch_once(db, redis, settings)
                 failures = 0
             except Exception:
                 # While Redis or the database is down: the traceback once, then one line per
@@ -130,6 +133,7 @@ def run_relay(settings: Settings, stop: threading.Event) -> None:
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + sweep_interval(settings)
                 requeue_lost(redis, settings)
+                prune_now_and_then(db, redis, settings)
             if published < settings.relay_batch_size:
                 interval = settings.relay_interval_seconds
                 stop.wait(backoff_seconds(failures, MAX_BACKOFF_SECONDS, base=interval)

@@ -1,7 +1,8 @@
 """A webhook receiver for the tests, run as its own process: `python -m tests.webhook_receiver
 PORT RECORD`. It appends each request to RECORD (one JSON line: path, headers, body as text,
 time received) and answers 204; a path `/status/<code>...` answers that code, a path
-`/sleep/<seconds>...` waits that long first. A bare asyncio server (h11 through uvicorn), no
+`/sleep/<seconds>...` waits that long first, and a path `/fail/<n>/<how>...` fails its first n
+requests (`how`: a status code, or `sleep` for 5 s). A bare asyncio server (h11 through uvicorn), no
 framework: what it records is exactly what came over the wire."""
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def make_app(record: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    seen: dict[str, int] = {}
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
@@ -45,6 +48,12 @@ def make_app(record: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
                 await asyncio.sleep(float(parts[1]))
             if parts[0] == "status":
                 status = int(parts[1])
+            seen[path] = seen.get(path, 0) + 1
+            if parts[0] == "fail" and seen[path] <= int(parts[1]):
+                if parts[2] == "sleep":
+                    await asyncio.sleep(5)
+                else:
+                    status = int(parts[2])
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 

@@ -4,11 +4,13 @@ process (tests/webhook_receiver.py) that records what it is sent."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from contactsync.db import Database
@@ -16,7 +18,7 @@ from contactsync.models import Account, WebhookAttempt, WebhookDelivery, Webhook
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
 from contactsync.webhook_secrets import new_secret, seal
-from tests.support import Process, free_port, wait_until
+from tests.support import ROOT, Process, free_port, wait_until
 
 ALL_EVENTS = ["contact.updated", "contact.created", "contact.deleted"]
 # Fixed for the tests: the test process and the workers it starts seal and unseal alike.
@@ -27,7 +29,7 @@ _endpoints = iter(range(1, 1_000_000))
 def webhook_settings(settings: Settings, **extra: Any) -> Settings:
     """Return the session's settings with the test key and insecure URLs allowed."""
     return settings.model_copy(update={
-        "webhook_secret_key": SECRET_KEY, "webhooks_allow_insecure": True, **extra,
+        "webhook_secret_key": SecretStr(SECRET_KEY), "webhooks_allow_insecure": True, **extra,
     })
 
 
@@ -88,9 +90,13 @@ class Receiver:
         self.record.touch()
         self.process = Process(
             [sys.executable, "-m", "tests.webhook_receiver", str(self.port), str(self.record)],
-            {}, tmp / f"{name}.log",
+            {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}, tmp / f"{name}.log",
         )
-        wait_until(lambda: httpx.get(self.url("/health"), timeout=1).status_code == 200)
+        try:
+            wait_until(lambda: httpx.get(self.url("/health"), timeout=1).status_code == 204)
+        except AssertionError:
+            self.process.stop(5)
+            raise
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
