@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select, update
 from standardwebhooks import Webhook
@@ -19,7 +20,7 @@ from contactsync.db import Database
 from contactsync.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from contactsync.timeutil import utcnow
 from tests.conftest import Stack, make_contact, make_tenant
-from tests.support import Process, wait_until
+from tests.support import Process, free_port, wait_until
 from tests.webhook_support import (
     Receiver,
     attempts,
@@ -35,6 +36,7 @@ WORKER_ENV = {
     "CONTACTSYNC_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
     "CONTACTSYNC_WEBHOOK_RETRY_MAX_SECONDS": "0.5",
 }
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +54,11 @@ def delivery_workers(
     logs = tmp_path_factory.mktemp("webhook-workers")
     env = service_env(running_stack.settings.database_url, running_stack.settings.redis_url,
                       **webhook_env(), **WORKER_ENV)
+    # The first serves its metrics (test_metrics_count_deliveries_and_show_the_backlog).
+    ports = [METRICS_PORT, 0]
     workers = [
-        Process(worker_args(f"webhooks-{i}", concurrency=2, queues="webhooks"), env,
+        Process(worker_args(f"webhooks-{i}", concurrency=2, queues="webhooks"),
+                {**env, "CONTACTSYNC_WORKER_METRICS_PORT": str(ports[i])},
                 logs / f"webhooks-{i}.log")
         for i in range(2)
     ]
@@ -213,3 +218,27 @@ def replay(db: Database, endpoint_id: str) -> None:
                     first_attempt_at=None, claim_token=None, claimed_until=None)
         )
 
+
+
+def test_metrics_count_deliveries_and_show_the_backlog(hooks: Stack, receiver: Receiver) -> None:
+    tenant = make_tenant(hooks.db, "acme")
+    path = f"/hook/metrics-{time.time_ns()}"
+    endpoint_id, _ = make_endpoint(hooks.db, hooks.settings, tenant.account_id, receiver.url(path))
+    stuck_id, _ = make_endpoint(hooks.db, hooks.settings, tenant.account_id,
+                                receiver.url(f"/status/500/{time.time_ns()}"))
+    contact_id = make_contact(hooks.db, tenant.account_id)
+    put(hooks, tenant.key, contact_id, {"position": "VP"})
+    wait_until(lambda: receiver.requests(path), timeout=30)
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+
+    def scraped() -> str | None:
+        text = httpx.get(url, timeout=5).text
+        wanted = (f'contactsync_webhook_oldest_undelivered_seconds{{endpoint_id="{stuck_id}"}}',
+                  'contactsync_webhook_deliveries_total{outcome="retried"}',
+                  "contactsync_webhook_endpoints_disabled")
+        return text if all(w in text for w in wanted) else None
+
+    text = wait_until(scraped, timeout=30)
+    assert f'endpoint_id="{endpoint_id}"' not in text  # delivered: no backlog
+    assert "contactsync_webhook_delivery_latency_seconds_bucket" in text
+    assert "whsec_" not in text
