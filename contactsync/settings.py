@@ -158,16 +158,20 @@ class Settings(BaseSettings):
         "(from the first that finally failed after its last success) is disabled"
     )
     webhook_batch_size: int = Field(
-        default=100, ge=1, le=1000, description="most deliveries in one delivery task (one "
+        default=50, ge=1, le=1000, description="most deliveries in one delivery task (one "
         "endpoint, distinct contacts, sent concurrently)"
     )
     webhook_endpoint_max_tasks: int = Field(
         default=2, ge=1, description="most delivery tasks of one endpoint in flight at once: "
         "how many of the delivery workers' pool processes a slow endpoint can hold"
     )
+    webhook_task_budget_seconds: float = Field(
+        default=5.0, gt=0, description="a delivery task goes on with its endpoint's next due "
+        "deliveries until it has run this long"
+    )
     webhook_lease_seconds: float = Field(
         default=60.0, gt=0, description="a dispatched delivery not finished within this is "
-        "dispatched again (its worker died); above the timeout"
+        "dispatched again (its worker died); well above the timeout and the task budget"
     )
     webhook_dispatch_batch: int = Field(
         default=2000, ge=1, description="most deliveries one dispatcher pass hands out"
@@ -216,6 +220,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "CONTACTSYNC_WORKER_DEAD_AFTER_SECONDS must be at least three times "
                 "CONTACTSYNC_WORKER_HEARTBEAT_SECONDS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_lease_outlasts_a_task(self) -> Settings:
+        # A lease that lapses while its task still sends would hand the same deliveries to a
+        # second task: sent twice, and a contact's next event could overtake.
+        if self.webhook_lease_seconds < self.webhook_task_budget_seconds + 2 * (
+                self.webhook_timeout_seconds):
+            raise ValueError(
+                "CONTACTSYNC_WEBHOOK_LEASE_SECONDS must be at least the task budget plus twice "
+                "the webhook timeout"
             )
         return self
 

@@ -52,7 +52,7 @@ class Batch:
     deliveries: list[Outgoing]
 
 
-def _heads(now: datetime, limit: int):  # type: ignore[no-untyped-def]
+def _heads(now: datetime, limit: int, endpoint_id: str | None = None):  # type: ignore[no-untyped-def]
     d = aliased(WebhookDelivery, name="d")
     e = aliased(WebhookDelivery, name="e")
     blocked = select(e.id).where(
@@ -61,13 +61,14 @@ def _heads(now: datetime, limit: int):  # type: ignore[no-untyped-def]
         or_(e.sequence < d.sequence, and_(e.sequence == d.sequence, e.id < d.id),
             e.claimed_until > now),
     ).exists()
+    only = [] if endpoint_id is None else [d.endpoint_id == endpoint_id]
     return (
         select(d.id, d.endpoint_id, d.event_id, d.attempts)
         .join(WebhookEndpoint, WebhookEndpoint.id == d.endpoint_id)
         .where(
             d.status == PENDING, d.next_attempt_at <= now,
             or_(d.claimed_until.is_(None), d.claimed_until <= now),
-            WebhookEndpoint.enabled.is_(True), ~blocked,
+            WebhookEndpoint.enabled.is_(True), ~blocked, *only,
         )
         .order_by(d.next_attempt_at, d.id)
         .limit(limit)
@@ -109,6 +110,24 @@ def claim_due(session: Session, settings: Settings, now: datetime) -> list[Claim
             .values(claim_token=claim.token, claimed_until=until)
         )
     return claims
+
+
+def claim_more(
+    session: Session, settings: Settings, endpoint_id: str, token: str, now: datetime
+) -> list[int]:
+    """Claim the endpoint's next due heads for a task that has sent its batch and has time
+    left (the same token: still one task in flight); return their ids."""
+    ids = [row.id for row in session.execute(
+        _heads(now, settings.webhook_batch_size, endpoint_id)
+    )]
+    if ids:
+        session.execute(
+            update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(
+                claim_token=token,
+                claimed_until=now + timedelta(seconds=settings.webhook_lease_seconds),
+            )
+        )
+    return ids
 
 
 def release(session: Session, claim: Claim) -> None:
