@@ -14,7 +14,7 @@ from bench import load, services
 from bench.processes import free_port, worker_args
 from bench.runs import Config, _applied, _wait_applied
 from contactsync.db import Database
-from contactsync.models import ApiKey, WebhookDelivery, WebhookEndpoint
+from contactsync.models import ApiKey, OutboxEvent, WebhookDelivery, WebhookEndpoint
 from contactsync.timeutil import utcnow
 from contactsync.webhook_secrets import new_secret, seal
 
@@ -41,16 +41,17 @@ def _add_endpoints(cfg: Config, url: str, count: int) -> None:
 
 
 def _delivery_counts(cfg: Config) -> tuple[int, int]:
-    """Return (succeeded, not yet finished) deliveries."""
+    """Return (succeeded, still to deliver): pending deliveries and unpublished events."""
     db = Database(cfg.settings)
     try:
         with db.reading() as session:
             rows = dict(session.execute(
                 select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)
             ).tuples().all())
+            outbox = session.scalar(select(func.count()).select_from(OutboxEvent)) or 0
     finally:
         db.dispose()
-    return rows.get("succeeded", 0), rows.get("pending", 0)
+    return rows.get("succeeded", 0), rows.get("pending", 0) + outbox
 
 
 def _update_rate(cfg: Config, url: str) -> tuple[float, int]:
@@ -95,17 +96,17 @@ def deliveries_beside_updates(
         delivered_before, _ = _delivery_counts(cfg)
         started = time.monotonic()
         with_hooks, accepted = _update_rate(cfg, url)
-        target = delivered_before + accepted * endpoints
+        # Until nothing is left to deliver (an update that changed nothing made no event).
         deadline = time.monotonic() + 600
-        while _delivery_counts(cfg)[0] < target and time.monotonic() < deadline:
+        while _delivery_counts(cfg)[1] and time.monotonic() < deadline:
             time.sleep(0.1)
         took = time.monotonic() - started
         delivered = _delivery_counts(cfg)[0] - delivered_before
         cfg.row("updates accepted → applied, with webhooks | without", f"{with_hooks:.0f}/s",
                 f"{without:.0f}/s", f"ratio {with_hooks / without:.2f} (target >= 0.85)")
         cfg.row("webhook deliveries to a bare receiver", f"{delivered / took:.0f}/s",
-                "-", f"{delivered} of {accepted * endpoints} delivered in {took:.1f}s "
-                f"(target >= 1,000/s)")
+                "-", f"{delivered} delivered ({accepted} updates x {endpoints} endpoints) in "
+                f"{took:.1f}s (target >= 1,000/s)")
     finally:
         if deliverer is not None:
             deliverer.stop()
