@@ -17,7 +17,15 @@ from api_gateway.key_cache import KeyCache
 from api_gateway.publisher import Publisher
 from api_gateway.ratelimit import RateLimiter
 from api_gateway.responses import JSONResponse
-from api_gateway.routes import batch, contact_update, contacts, health, updates, upsert
+from api_gateway.routes import (
+    batch,
+    contact_update,
+    contacts,
+    health,
+    updates,
+    upsert,
+    webhooks,
+)
 from api_gateway.state import Gateway
 from api_gateway.waiter import ResultWaiter
 from contactsync.db import Database
@@ -96,5 +104,6 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     app.include_router(contacts.router)
     app.include_router(updates.router)
     app.include_router(upsert.router)
+    app.include_router(webhooks.router)
     app.include_router(health.router)
     return GatewayApp(app)

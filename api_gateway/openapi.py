@@ -131,8 +131,20 @@ def _describe_health(path: str, responses: dict[str, Any]) -> None:
 
 
 def _link(schema: dict[str, Any]) -> None:
-    """Say where ids come from (OpenAPI links): a created contact, an accepted update."""
+    """Say where ids come from (OpenAPI links): a created contact, an accepted update, a
+    registered webhook."""
     paths = schema.get("paths", {})
+    webhook = "/external/v1/webhooks/{webhook_id}"
+    by_webhook = {
+        name: (target, method, "webhook_id", "$response.body#/data/id")
+        for name, target, method in (
+            ("GetWebhook", webhook, "get"), ("PatchWebhook", webhook, "patch"),
+            ("DeleteWebhook", webhook, "delete"),
+            ("RotateWebhookSecret", webhook + "/rotate-secret", "post"),
+            ("GetWebhookDeliveries", webhook + "/deliveries", "get"),
+            ("ReplayWebhook", webhook + "/replay", "post"),
+        )
+    }
     contact = "/external/v1/contacts/{contact_id}"
     update = "/external/v1/updates/{update_id}"
     by_contact = {
@@ -145,6 +157,7 @@ def _link(schema: dict[str, Any]) -> None:
         (contact, "put", "202"): {
             "GetUpdate": (update, "get", "update_id", "$response.body#/data/update_id"),
         },
+        ("/external/v1/webhooks", "post", "201"): by_webhook,
     }
     for (path, method, status), links in sources.items():
         response = paths.get(path, {}).get(method, {}).get("responses", {}).get(status)

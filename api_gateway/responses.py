@@ -32,7 +32,7 @@ _ERRORS = {
     400: "VALIDATION_ERROR: a field is invalid (details.fields names each)",
     401: "MISSING_API_KEY or INVALID_API_KEY",
     403: "INSUFFICIENT_PERMISSIONS",
-    404: "NOT_FOUND: no such contact or update for this account",
+    404: "NOT_FOUND: no such contact, update or webhook for this account",
     405: "METHOD_NOT_ALLOWED",
     409: "CONFLICT: another contact of the account holds an identity this write gives "
     "(`details.field`, `details.contact_id`), or a request with this Idempotency-Key is still "

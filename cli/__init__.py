@@ -11,7 +11,7 @@ from typing import NoReturn
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from cli import admin, exporter, importer, services
+from cli import admin, exporter, importer, services, webhooks
 from cli.errors import CliError
 
 
@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     exports = sub.add_parser("export", help="write every contact of the key's account to a file")
     exporter.add_arguments(exports)
     exports.set_defaults(handler=exporter.run)
+
+    webhooks.add_arguments(sub.add_parser("webhooks", help="accounts' webhook endpoints")
+                           .add_subparsers(dest="webhooks_command", required=True,
+                                           parser_class=_Parser))
 
     events = sub.add_parser("events", help="change events").add_subparsers(
         dest="events_command", required=True, parser_class=_Parser

@@ -56,6 +56,11 @@ def new_key_id() -> str:
     return "key_" + _random(16)
 
 
+def new_webhook_id() -> str:
+    """Return a new webhook endpoint id: `whk_` and 20 lowercase letters and digits."""
+    return "whk_" + _random(20)
+
+
 def new_api_key() -> str:
     """Return a new secret API key, to be shown once."""
     return API_KEY_PREFIX + "".join(

@@ -20,7 +20,7 @@ from contactsync.ids import (
 from contactsync.models import Account, ApiKey
 from contactsync.timeutil import utcnow
 
-PERMISSIONS = ("contacts:read", "contacts:write", "contacts:delete")
+PERMISSIONS = ("contacts:read", "contacts:write", "contacts:delete", "webhooks:manage")
 # What `keys list` shows of a key (its trailing ellipsis allowed, as copied), or the whole key.
 _SHOWN = re.compile(re.escape(API_KEY_PREFIX) + r"[A-Za-z0-9]{8}…?")
 _WHOLE = re.compile(re.escape(API_KEY_PREFIX) + rf"[A-Za-z0-9]{{{API_KEY_RANDOM_LENGTH}}}")

@@ -386,7 +386,9 @@ def test_openapi_lists_every_route_with_its_errors(stack: Stack, tenant: Tenant)
     # the made-up ids.
     client = api(stack, tenant.key)
     for method, path in sorted(listed):
-        concrete = path.format(contact_id="cnt_000000000000", update_id="upd_0")
+        concrete = path.format(
+            contact_id="cnt_000000000000", update_id="upd_0", webhook_id="whk_0"
+        )
         answer = client.request(method.upper(), concrete, json={"name": "x"})
         assert answer.status_code not in (405,), (method, path, answer.text)
         if "{" not in path:

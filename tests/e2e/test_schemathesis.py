@@ -41,7 +41,8 @@ ST = Path(sys.executable).with_name("st")
 def fuzz_account(stack: Stack) -> tuple[str, list[str], list[str], str]:
     """Return a key (with a rate high enough to reach every route), contacts, updates, a cursor."""
     with stack.db.unit_of_work() as session:
-        row, key = create_key(session, "fuzz", ALL_PERMISSIONS, rate_limit_per_second=100_000)
+        row, key = create_key(session, "fuzz", [*ALL_PERMISSIONS, "webhooks:manage"],
+                              rate_limit_per_second=100_000)
         account_id = row.account_id
     contacts = [
         make_contact(stack.db, account_id, email=f"c{n}@example.com", tags=["t"]) for n in range(8)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -16,8 +17,9 @@ from sqlalchemy import select, update
 from standardwebhooks import Webhook
 
 from bench.processes import service_env, worker_args
+from contactsync import webhook_endpoints as store
 from contactsync.db import Database
-from contactsync.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from contactsync.models import WebhookDelivery, WebhookEndpoint
 from contactsync.timeutil import utcnow
 from tests.conftest import Stack, make_contact, make_tenant
 from tests.support import Process, free_port, wait_until
@@ -201,22 +203,11 @@ def test_replay_sends_the_events_again(hooks: Stack, receiver: Receiver) -> None
 
 
 def replay(db: Database, endpoint_id: str) -> None:
-    """Make every stored event of the endpoint's account pending again, as the store's replay
-    does: a delivery already made starts over."""
-    now = utcnow()
+    """Replay every kept event of the endpoint, through the store as the API does."""
     with db.unit_of_work() as session:
         endpoint = session.get(WebhookEndpoint, endpoint_id)
         assert endpoint is not None
-        event_ids = list(session.scalars(
-            select(WebhookEvent.event_id).where(WebhookEvent.account_id == endpoint.account_id)
-        ))
-        session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.endpoint_id == endpoint_id,
-                   WebhookDelivery.event_id.in_(event_ids))
-            .values(status="pending", next_attempt_at=now, finished_at=None,
-                    first_attempt_at=None, claim_token=None, claimed_until=None)
-        )
+        assert store.replay(session, endpoint, utcnow() - timedelta(hours=1), utcnow()) == 3
 
 
 
