@@ -45,9 +45,9 @@ def _delivery_counts(cfg: Config) -> tuple[int, int]:
     db = Database(cfg.settings)
     try:
         with db.reading() as session:
-            rows = dict(session.execute(
+            rows = {row[0]: row[1] for row in session.execute(
                 select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)
-            ).tuples().all())
+            )}
             outbox = session.scalar(select(func.count()).select_from(OutboxEvent)) or 0
     finally:
         db.dispose()

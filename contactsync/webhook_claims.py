@@ -84,12 +84,12 @@ def claim_due(session: Session, settings: Settings, now: datetime) -> list[Claim
         return []
     # Tasks, not deliveries, in flight per endpoint: a slow endpoint holds at most that many
     # pool processes, however its deliveries' retries are spread in time.
-    in_flight = dict(session.execute(
+    in_flight: dict[str, int] = {row[0]: row[1] for row in session.execute(
         select(WebhookDelivery.endpoint_id, func.count(distinct(WebhookDelivery.claim_token)))
         .where(WebhookDelivery.status == PENDING, WebhookDelivery.claimed_until > now,
                WebhookDelivery.endpoint_id.in_({r.endpoint_id for r in rows}))
         .group_by(WebhookDelivery.endpoint_id)
-    ).tuples().all())
+    )}
     by_endpoint: dict[str, list[Any]] = {}
     for row in rows:
         by_endpoint.setdefault(row.endpoint_id, []).append(row)

@@ -94,7 +94,7 @@ class WebhookCollector:
                     select(WebhookDelivery.endpoint_id, func.min(WebhookDelivery.created_at))
                     .where(WebhookDelivery.status == "pending")
                     .group_by(WebhookDelivery.endpoint_id)
-                ).tuples().all()
+                ).all()
                 disabled = session.scalar(
                     select(func.count()).select_from(WebhookEndpoint)
                     .where(WebhookEndpoint.enabled.is_(False))
