@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import runs, services, sync_import
+from bench import runs, services, sync_import, webhooks
 from contactsync.settings import Settings
 
-SECTIONS = ("a", "b", "c", "d", "e", "f")
+SECTIONS = ("a", "b", "c", "d", "e", "f", "g")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contacts", type=int, default=1000)
     parser.add_argument("--import-rows", type=int, default=100_000,
                         help="rows of section (f)'s LinkedIn export")
+    parser.add_argument("--webhook-endpoints", type=int, default=2,
+                        help="section (g): endpoints of the bench's account, each gets every event")
     parser.add_argument("--quick", action="store_true", help="smoke form for CI")
     args = parser.parse_args(argv)
     sections = [s for s in args.only.split(",") if s]
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.memory(cfg, args.concurrency)
         if "f" in sections:
             sync_import.upsert_vs_update(cfg, args.concurrency)
+        if "g" in sections:
+            webhooks.deliveries_beside_updates(cfg, args.concurrency, args.webhook_endpoints)
     print("\n| measure | ours | baseline | note |\n|---|---|---|---|")
     for row in cfg.rows:
         print("| " + " | ".join(row) + " |")

@@ -110,4 +110,6 @@ def worker_args(
         "--concurrency", str(concurrency), "-Q", queues, "-E", "--without-gossip",
         "--without-mingle", "--loglevel", loglevel, "--hostname", f"{hostname}@%h",
     ]
+    if "webhooks" in queues.split(","):
+        args.append("--disable-prefetch")  # as `contactsync worker` runs them (cli/services.py)
     return args if heartbeat else [*args, "--without-heartbeat"]

@@ -59,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a Celery worker on the update queues")
     worker.add_argument("--concurrency", type=_positive, default=None)
-    worker.add_argument("--queues", default=None, help="comma-separated (default: all)")
+    worker.add_argument(
+        "--queues", default=None,
+        help="comma-separated (default: contacts.updates,contacts.bulk; webhook delivery "
+        "runs on workers of its own: --queues webhooks)",
+    )
     worker.set_defaults(handler=services.worker)
 
     flower = sub.add_parser("flower", help="serve the Flower dashboard")

@@ -52,8 +52,15 @@ def worker(args: argparse.Namespace) -> int:
     from worker.app import app
 
     settings = get_settings()
+    # Webhook deliveries run on workers of their own (`--queues webhooks`): a pool process
+    # waiting on a slow receiver must never be one the updates need.
     queues = args.queues or f"{names.UPDATES_QUEUE},{names.BULK_QUEUE}"
     argv = ["worker", "--queues", queues, "--task-events", "--loglevel", settings.log_level]
+    if names.WEBHOOKS_QUEUE in queues.split(","):
+        # A delivery task may wait 10 s on a receiver: a worker takes a message only when a
+        # pool process is free, so none waits behind a slow endpoint's task in a busy worker
+        # while another worker is idle.
+        argv.append("--disable-prefetch")
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
     app.worker_main(argv)

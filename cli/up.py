@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from cli.errors import CliError
-from contactsync import supervise
+from contactsync import names, supervise
 from contactsync.contacts import create_contact
 from contactsync.db import Database
 from contactsync.errors import Conflict
@@ -130,6 +130,13 @@ def _wait_until(
     raise CliError(f"{what} did not become ready within {timeout:.0f} s")
 
 
+def _webhooks_env(env: dict[str, str]) -> dict[str, str]:
+    """The delivery worker's environment: its metrics on the port after the update worker's
+    (one port serves one worker)."""
+    port = get_settings().worker_metrics_port
+    return {**env, "CONTACTSYNC_WORKER_METRICS_PORT": str(port + 1 if 0 < port < 65535 else 0)}
+
+
 def _gateway_ready(url: str) -> bool:
     try:
         return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
@@ -199,6 +206,7 @@ def run(gateway_port: int, flower_port: int) -> int:
         env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": settings.database_url}
         processes.append(_spawn(["gateway", "--port", str(gateway_port)], env))
         processes.append(_spawn(["worker"], env))
+        processes.append(_spawn(["worker", "--queues", names.WEBHOOKS_QUEUE], _webhooks_env(env)))
         processes.append(_spawn(["flower", "--port", str(flower_port)], env))
         gateway_url = f"http://127.0.0.1:{gateway_port}"
         _wait_until(partial(_gateway_ready, gateway_url), "the gateway", processes)

@@ -201,6 +201,13 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[datetime]
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+    # Retried until `webhook_retry_for_seconds` after this (not after `created_at`: a delivery
+    # may wait behind an earlier one of its contact for a long while before its first try).
+    first_attempt_at: Mapped[datetime | None]
+    # A dispatched delivery: the token its task carries, and when the claim lapses (its worker
+    # died). A task whose token no longer matches sends nothing (contactsync/webhook_claims.py).
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    claimed_until: Mapped[datetime | None]
 
 
 class WebhookAttempt(Base):

@@ -8,6 +8,12 @@ UPDATES_QUEUE = "contacts.updates"
 BULK_QUEUE = "contacts.bulk"
 # Task that applies a group of accepted updates.
 APPLY_TASK = "contactsync.apply_updates"
+# Celery queue of webhook deliveries: its own workers, so a slow receiver never holds up updates.
+WEBHOOKS_QUEUE = "webhooks"
+# Task that sends a batch of one endpoint's claimed deliveries.
+DELIVER_WEBHOOKS_TASK = "contactsync.deliver_webhooks"
+# Lock key: one relay at a time prunes old webhook events and deliveries.
+WEBHOOK_PRUNE_LOCK_KEY = "contactsync:webhooks:prune-lock"
 
 # Counter behind update sequence numbers (a floor of Redis server time in microseconds).
 SEQUENCE_KEY = "contactsync:sequence"

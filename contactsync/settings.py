@@ -137,6 +137,57 @@ class Settings(BaseSettings):
         description="development and tests: accept http:// and private, loopback or link-local "
         "webhook URLs",
     )
+    # Webhook delivery (contactsync/webhook_*.py, tasks/webhooks.py); durations are settings
+    # so that tests can shrink them.
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, description="a delivery not answered 2xx within this fails"
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=5.0, gt=0, description="the first retry comes within this; each next one may "
+        "wait twice as long"
+    )
+    webhook_retry_max_seconds: float = Field(
+        default=3600.0, gt=0, description="the longest wait between two attempts"
+    )
+    webhook_retry_for_seconds: float = Field(
+        default=86_400.0, gt=0, description="a delivery is retried this long after its first "
+        "attempt, then marked failed"
+    )
+    webhook_disable_after_seconds: float = Field(
+        default=3 * 86_400.0, gt=0, description="an endpoint whose deliveries fail this long "
+        "(from the first that finally failed after its last success) is disabled"
+    )
+    webhook_batch_size: int = Field(
+        default=50, ge=1, le=1000, description="most deliveries in one delivery task (one "
+        "endpoint, distinct contacts, sent concurrently)"
+    )
+    webhook_endpoint_max_tasks: int = Field(
+        default=2, ge=1, description="most delivery tasks of one endpoint in flight at once: "
+        "how many of the delivery workers' pool processes a slow endpoint can hold"
+    )
+    webhook_task_budget_seconds: float = Field(
+        default=5.0, gt=0, description="a delivery task goes on with its endpoint's next due "
+        "deliveries until it has run this long"
+    )
+    webhook_lease_seconds: float = Field(
+        default=60.0, gt=0, description="a dispatched delivery not finished within this is "
+        "dispatched again (its worker died); well above the timeout and the task budget"
+    )
+    webhook_dispatch_batch: int = Field(
+        default=2000, ge=1, description="most deliveries one dispatcher pass hands out"
+    )
+    webhook_queue_max: int = Field(
+        default=2000, ge=1, description="the dispatcher hands out nothing while this many "
+        "delivery tasks wait in the webhooks queue (no delivery worker running, say)"
+    )
+    webhook_endpoints_cache_seconds: float = Field(
+        default=1.0, ge=0, le=60, description="how long the relay trusts its list of enabled "
+        "endpoints (a new endpoint gets events from at most this long after it is made)"
+    )
+    webhook_event_retention_days: float = Field(
+        default=7.0, gt=0, description="events and finished deliveries are kept this long, "
+        "for replay and the deliveries list"
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -169,6 +220,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "CONTACTSYNC_WORKER_DEAD_AFTER_SECONDS must be at least three times "
                 "CONTACTSYNC_WORKER_HEARTBEAT_SECONDS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_lease_outlasts_a_task(self) -> Settings:
+        # A lease that lapses while its task still sends would hand the same deliveries to a
+        # second task: sent twice, and a contact's next event could overtake.
+        if self.webhook_lease_seconds < self.webhook_task_budget_seconds + 2 * (
+                self.webhook_timeout_seconds):
+            raise ValueError(
+                "CONTACTSYNC_WEBHOOK_LEASE_SECONDS must be at least the task budget plus twice "
+                "the webhook timeout"
             )
         return self
 

@@ -20,8 +20,11 @@ from contactsync.models import OutboxEvent
 from contactsync.queue.requeue import requeue_orphans
 from contactsync.settings import Settings, get_settings
 from contactsync.supervise import exit_with_parent
+from contactsync.timeutil import utcnow
+from contactsync.webhook_fanout import EndpointDirectory, fan_out
 from tasks import account_backlog
 from tasks.retry import backoff_seconds
+from tasks.webhook_dispatch import dispatch_once, prune_now_and_then
 from worker.app import sweep_interval
 
 log = logging.getLogger("contactsync.relay")
@@ -29,12 +32,16 @@ log = logging.getLogger("contactsync.relay")
 MAX_BACKOFF_SECONDS = 5.0  # the longest pause between failed passes
 
 
-def relay_once(db: Database, redis: Redis, settings: Settings) -> int:
+def relay_once(
+    db: Database, redis: Redis, settings: Settings, endpoints: EndpointDirectory | None = None
+) -> int:
     """Publish one batch of outbox events; return how many were published.
 
     Delivery is at least once: a crash between XADD and the commit publishes a batch again,
-    and consumers dedupe by event id.
+    and consumers dedupe by event id. In the same transaction, the events some webhook
+    endpoint wants become its pending deliveries (contactsync/webhook_fanout.py).
     """
+    endpoints = endpoints or EndpointDirectory(ttl=0)
     with db.unit_of_work() as session:
         rows = session.execute(
             select(OutboxEvent.id, OutboxEvent.payload)
@@ -47,6 +54,7 @@ def relay_once(db: Database, redis: Redis, settings: Settings) -> int:
         publish = redis.register_script(scripts.PUBLISH_EVENTS)  # EVALSHA; loaded on need
         for chunk in chunks_by_size([p for _, p in rows], settings.relay_call_max_bytes):
             publish(keys=[settings.events_stream], args=[settings.events_stream_maxlen, *chunk])
+        fan_out(session, [p for _, p in rows], endpoints.get(session), utcnow())
         session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_([r.id for r in rows])))
     return len(rows)
 
@@ -101,16 +109,19 @@ def requeue_lost(redis: Redis, settings: Settings) -> int:
 def run_relay(settings: Settings, stop: threading.Event) -> None:
     """Publish outbox events until `stop` is set, then drain.
 
+    Each pass also hands due webhook deliveries to their tasks (tasks/webhook_dispatch.py).
     Between passes, look for pending updates that lost their task message (`requeue_lost`).
     """
     db = Database(settings)
     redis = Redis.from_url(settings.redis_url, socket_timeout=10)
     next_sweep = time.monotonic()
     failures = 0
+    endpoints = EndpointDirectory(settings.webhook_endpoints_cache_seconds)
     try:
         while not stop.is_set():
             try:
-                published = relay_once(db, redis, settings)
+                published = relay_once(db, redis, settings, endpoints)
+                dispatch_once(db, redis, settings)
                 failures = 0
             except Exception:
                 # While Redis or the database is down: the traceback once, then one line per
@@ -122,11 +133,12 @@ def run_relay(settings: Settings, stop: threading.Event) -> None:
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + sweep_interval(settings)
                 requeue_lost(redis, settings)
+                prune_now_and_then(db, redis, settings)
             if published < settings.relay_batch_size:
                 interval = settings.relay_interval_seconds
                 stop.wait(backoff_seconds(failures, MAX_BACKOFF_SECONDS, base=interval)
                           if failures else interval)
-        while relay_once(db, redis, settings):  # drain before the worker exits
+        while relay_once(db, redis, settings, endpoints):  # drain before the worker exits
             pass
     except Exception:
         log.warning("relay stopped with events left in the outbox", exc_info=True)

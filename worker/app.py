@@ -62,8 +62,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 4,
         "task_default_queue": names.UPDATES_QUEUE,
-        "task_queues": [_queue(names.UPDATES_QUEUE), _queue(names.BULK_QUEUE)],
-        "task_routes": {names.APPLY_TASK: {"queue": names.UPDATES_QUEUE}},
+        "task_queues": [_queue(names.UPDATES_QUEUE), _queue(names.BULK_QUEUE),
+                        _queue(names.WEBHOOKS_QUEUE)],
+        "task_routes": {names.APPLY_TASK: {"queue": names.UPDATES_QUEUE},
+                        names.DELIVER_WEBHOOKS_TASK: {"queue": names.WEBHOOKS_QUEUE}},
         # Task events let Flower show every update's task as it moves.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
@@ -77,7 +79,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
 
 def create_app(settings: Settings) -> Celery:
     """Build the Celery app; it connects to nothing until a worker or producer starts."""
-    celery = Celery("contactsync", include=["tasks.apply", "worker.signals"])
+    celery = Celery("contactsync", include=["tasks.apply", "tasks.webhooks", "worker.signals"])
     celery.conf.update(celery_config(settings))
     return celery
 

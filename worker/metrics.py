@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -20,7 +21,8 @@ from prometheus_client import Counter, Histogram
 
 from contactsync import names
 from contactsync.batch_apply import Outcome
-from contactsync.timeutil import parse_iso, utcnow
+from contactsync.timeutil import as_utc, parse_iso, utcnow
+from contactsync.webhook_outcomes import Recorded
 
 log = logging.getLogger("contactsync.worker")
 
@@ -37,6 +39,68 @@ class WorkerMetrics:
     task_failures: Counter
     apply_seconds: Histogram
     lag_seconds: Histogram
+
+
+@dataclass(frozen=True)
+class WebhookMetrics:
+    deliveries: Counter
+    attempt_seconds: Histogram
+    latency_seconds: Histogram
+    disabled: Counter
+
+
+# Seconds: a receiver answers in milliseconds; the timeout is 10 s.
+_ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+@lru_cache(maxsize=1)
+def webhook_metrics() -> WebhookMetrics:
+    """Return this process's webhook delivery metrics, made on first use."""
+    return WebhookMetrics(
+        deliveries=Counter(
+            "contactsync_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome: succeeded, retried (to be tried again), "
+            "failed (out of retries, replayable)", ["outcome"],
+        ),
+        attempt_seconds=Histogram(
+            "contactsync_webhook_attempt_seconds",
+            "Time a receiver took to answer one delivery attempt (or to fail it)",
+            buckets=_ATTEMPT_BUCKETS,
+        ),
+        latency_seconds=Histogram(
+            "contactsync_webhook_delivery_latency_seconds",
+            "Time from a change to its event's successful delivery, retries included",
+            buckets=_LAG_BUCKETS,
+        ),
+        disabled=Counter(
+            "contactsync_webhook_endpoints_disabled_total",
+            "Endpoints disabled after failing for webhook_disable_after_seconds",
+        ),
+    )
+
+
+def record_deliveries(
+    recorded: Recorded, occurred: dict[int, datetime], now: datetime
+) -> None:
+    """Count a delivery task's attempts by outcome, with their durations and latencies."""
+    try:
+        metrics = webhook_metrics()
+        for outcome, results in (("succeeded", recorded.succeeded),
+                                 ("retried", recorded.retried), ("failed", recorded.failed)):
+            if results:
+                metrics.deliveries.labels(outcome).inc(len(results))
+            for result in results:
+                metrics.attempt_seconds.observe(result.duration_ms / 1000)
+        for result in recorded.succeeded:
+            changed = occurred.get(result.delivery_id)
+            if changed is not None:
+                metrics.latency_seconds.observe(
+                    max(0.0, (now - as_utc(changed)).total_seconds())
+                )
+        if recorded.disabled_reason is not None:
+            metrics.disabled.inc()
+    except Exception:  # observing must never fail a task whose attempts are recorded
+        log.warning("could not record webhook metrics", exc_info=True)
 
 
 @lru_cache(maxsize=1)

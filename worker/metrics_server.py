@@ -5,8 +5,8 @@ main process switches prometheus-client to multiprocess mode before the pool for
 then writes its samples to a file in a directory made for this worker, and a small server
 process started beside the pool sums those files at every scrape (the same as serving from the
 main process, without a thread there: the pool forks its children from it). The server also
-reports the outbox backlog, read from the database at scrape time. The directory goes away when
-the worker stops.
+reports the outbox backlog and the webhook backlog, read from the database at scrape time.
+The directory goes away when the worker stops.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from sqlalchemy import func, select
 from contactsync import supervise
 from contactsync.db import Database
 from contactsync.metrics_dir import make_metrics_dir
-from contactsync.models import OutboxEvent
+from contactsync.models import OutboxEvent, WebhookDelivery, WebhookEndpoint
 from contactsync.settings import Settings, get_settings
+from contactsync.timeutil import as_utc, utcnow
 
 log = logging.getLogger("contactsync.worker.metrics")
 
@@ -72,6 +73,49 @@ class OutboxCollector:
         )]
 
 
+class WebhookCollector:
+    """Report, per endpoint, the age of its oldest event not yet delivered, and how many
+    endpoints are disabled; read from the database at scrape time, as the outbox backlog is."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._db: Database | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        if self._db is None:
+            self._db = Database(self._settings)
+        now = utcnow()
+        try:
+            with self._db.reading() as session:
+                oldest = session.execute(
+                    select(WebhookDelivery.endpoint_id, func.min(WebhookDelivery.created_at))
+                    .where(WebhookDelivery.status == "pending")
+                    .group_by(WebhookDelivery.endpoint_id)
+                ).all()
+                disabled = session.scalar(
+                    select(func.count()).select_from(WebhookEndpoint)
+                    .where(WebhookEndpoint.enabled.is_(False))
+                ) or 0
+        except Exception as exc:
+            log.warning("webhook backlog not read (%s)", type(exc).__name__)
+            return []
+        age = GaugeMetricFamily(
+            "contactsync_webhook_oldest_undelivered_seconds",
+            "Per endpoint, the age of its oldest event not yet delivered (nor finally failed)",
+            labels=["endpoint_id"],
+        )
+        for endpoint_id, created_at in oldest:
+            age.add_metric([endpoint_id], max(0.0, (now - as_utc(created_at)).total_seconds()))
+        return [age, GaugeMetricFamily(
+            "contactsync_webhook_endpoints_disabled",
+            "Webhook endpoints disabled (by their owner, or after failing for days)",
+            value=disabled,
+        )]
+
+
 class MetricsServerProcess:
     """Run the metrics server in a process of its own beside a worker's pool."""
 
@@ -98,6 +142,7 @@ def serve(settings: Settings, directory: Path, parent_pid: int, stop: threading.
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
     registry.register(OutboxCollector(settings))
+    registry.register(WebhookCollector(settings))
     port, address = settings.worker_metrics_port, settings.worker_metrics_address
     try:
         server, _ = start_http_server(port, address, registry)

@@ -26,5 +26,6 @@ def test_bench_quick_form_prints_every_section() -> None:
     for measure in ("| req/s |", "| drain, 1 update(s)/message |", "| bulk, applied end to end |",
                     "| single updates accepted → applied |", "| default-mode PUT at 300 req/s |",
                     "| worker RSS over", "| sync import, batch upsert vs update |",
-                    "| worker RSS over the upsert import |"):
+                    "| worker RSS over the upsert import |",
+                    "| webhook deliveries to a bare receiver |"):
         assert measure in result.stdout, result.stdout

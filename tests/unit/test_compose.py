@@ -15,7 +15,7 @@ from contactsync.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
-APP_SERVICES = ["migrate", "gateway", "worker", "flower"]
+APP_SERVICES = ["migrate", "gateway", "worker", "webhooks", "flower"]
 
 
 def test_compose_runs_the_production_shape() -> None:
@@ -24,7 +24,12 @@ def test_compose_runs_the_production_shape() -> None:
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
     assert SERVICES["migrate"]["restart"] == "no"
     assert "ports" not in SERVICES["worker"], "workers must scale with --scale worker=N"
-    for name in ("gateway", "worker", "flower"):
+    assert "ports" not in SERVICES["webhooks"], "so must webhook workers"
+    # Webhook deliveries on workers of their own: a slow receiver never holds an update.
+    webhooks = SERVICES["webhooks"]["command"]
+    assert webhooks[webhooks.index("--queues") + 1] == "webhooks"
+    assert "--queues" not in SERVICES["worker"]["command"]
+    for name in ("gateway", "worker", "webhooks", "flower"):
         depends = SERVICES[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
     for name in SERVICES:
@@ -77,7 +82,7 @@ def test_stopping_leaves_time_to_drain() -> None:
 
 
 def test_every_long_running_service_restarts_and_checks_its_health() -> None:
-    for name in ("redis", "postgres", "gateway", "worker", "flower"):
+    for name in ("redis", "postgres", "gateway", "worker", "webhooks", "flower"):
         assert SERVICES[name]["restart"] == "unless-stopped", name
     ping = SERVICES["worker"]["healthcheck"]["test"]
     assert ping[0] == "CMD-SHELL"

@@ -64,6 +64,9 @@ def upgrade() -> None:
         sa.Column("next_attempt_at", _TIME, nullable=False),
         sa.Column("created_at", _TIME, nullable=False),
         sa.Column("finished_at", _TIME, nullable=True),
+        sa.Column("first_attempt_at", _TIME, nullable=True),
+        sa.Column("claim_token", sa.String(length=32), nullable=True),
+        sa.Column("claimed_until", _TIME, nullable=True),
         sa.UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_deliveries_endpoint_event"),
     )
     op.create_index("ix_webhook_deliveries_order", "webhook_deliveries",

@@ -1,0 +1,159 @@
+"""Which deliveries may be sent now, and handing them out so that each is in flight once.
+
+Order per endpoint and contact: only a contact's head may be sent, its pending delivery of
+lowest sequence, and only while no other delivery of that contact to that endpoint is in
+flight. A dispatcher claims heads (a token and a lease, under FOR UPDATE SKIP LOCKED on
+PostgreSQL, the write lock on SQLite), so any number of dispatchers and delivery workers keep
+it. A task sends only what its token still holds: a task message that arrives after its
+lease lapsed (its worker died, say) sends nothing, since the deliveries were claimed again.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, distinct, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
+
+from contactsync.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from contactsync.settings import Settings
+
+PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Deliveries of one endpoint (distinct contacts) handed to one task."""
+
+    endpoint_id: str
+    token: str
+    delivery_ids: list[int]
+    event_ids: list[str]  # for the task's Flower row
+    attempt: int  # the highest attempt number of the batch, this one counted
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    delivery_id: int
+    event_id: str
+    attempts: int
+    occurred_at: datetime
+    payload: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a task sends: the endpoint and its claimed deliveries still pending."""
+
+    endpoint: WebhookEndpoint
+    deliveries: list[Outgoing]
+
+
+def _heads(now: datetime, limit: int, endpoint_id: str | None = None):  # type: ignore[no-untyped-def]
+    d = aliased(WebhookDelivery, name="d")
+    e = aliased(WebhookDelivery, name="e")
+    blocked = select(e.id).where(
+        e.endpoint_id == d.endpoint_id, e.contact_id == d.contact_id, e.status == PENDING,
+        e.id != d.id,
+        or_(e.sequence < d.sequence, and_(e.sequence == d.sequence, e.id < d.id),
+            e.claimed_until > now),
+    ).exists()
+    only = [] if endpoint_id is None else [d.endpoint_id == endpoint_id]
+    return (
+        select(d.id, d.endpoint_id, d.event_id, d.attempts)
+        .join(WebhookEndpoint, WebhookEndpoint.id == d.endpoint_id)
+        .where(
+            d.status == PENDING, d.next_attempt_at <= now,
+            or_(d.claimed_until.is_(None), d.claimed_until <= now),
+            WebhookEndpoint.enabled.is_(True), ~blocked, *only,
+        )
+        .order_by(d.next_attempt_at, d.id)
+        .limit(limit)
+        .with_for_update(of=d, skip_locked=True)
+    )
+
+
+def claim_due(session: Session, settings: Settings, now: datetime) -> list[Claim]:
+    """Claim the contacts' heads that are due, in tasks of at most `webhook_batch_size`, at
+    most `webhook_endpoint_max_tasks` of an endpoint in flight; return the claims."""
+    rows = session.execute(_heads(now, settings.webhook_dispatch_batch)).all()
+    if not rows:
+        return []
+    # Tasks, not deliveries, in flight per endpoint: a slow endpoint holds at most that many
+    # pool processes, however its deliveries' retries are spread in time.
+    in_flight: dict[str, int] = {row[0]: row[1] for row in session.execute(
+        select(WebhookDelivery.endpoint_id, func.count(distinct(WebhookDelivery.claim_token)))
+        .where(WebhookDelivery.status == PENDING, WebhookDelivery.claimed_until > now,
+               WebhookDelivery.endpoint_id.in_({r.endpoint_id for r in rows}))
+        .group_by(WebhookDelivery.endpoint_id)
+    )}
+    by_endpoint: dict[str, list[Any]] = {}
+    for row in rows:
+        by_endpoint.setdefault(row.endpoint_id, []).append(row)
+    claims: list[Claim] = []
+    size = settings.webhook_batch_size
+    for endpoint_id, due in by_endpoint.items():
+        free = max(0, settings.webhook_endpoint_max_tasks - in_flight.get(endpoint_id, 0))
+        for i in range(0, min(len(due), free * size), size):
+            part = due[i:i + size]
+            claims.append(Claim(
+                endpoint_id, secrets.token_hex(8), [r.id for r in part],
+                [r.event_id for r in part], 1 + max(r.attempts for r in part),
+            ))
+    until = now + timedelta(seconds=settings.webhook_lease_seconds)
+    for claim in claims:
+        session.execute(
+            update(WebhookDelivery).where(WebhookDelivery.id.in_(claim.delivery_ids))
+            .values(claim_token=claim.token, claimed_until=until)
+        )
+    return claims
+
+
+def claim_more(
+    session: Session, settings: Settings, endpoint_id: str, token: str, now: datetime
+) -> list[int]:
+    """Claim the endpoint's next due heads for a task that has sent its batch and has time
+    left (the same token: still one task in flight); return their ids."""
+    ids = [row.id for row in session.execute(
+        _heads(now, settings.webhook_batch_size, endpoint_id)
+    )]
+    if ids:
+        session.execute(
+            update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(
+                claim_token=token,
+                claimed_until=now + timedelta(seconds=settings.webhook_lease_seconds),
+            )
+        )
+    return ids
+
+
+def release(session: Session, claim: Claim) -> None:
+    """Give a claim back at once (its task could not be queued)."""
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(claim.delivery_ids),
+               WebhookDelivery.claim_token == claim.token)
+        .values(claim_token=None, claimed_until=None)
+    )
+
+
+def load_claimed(session: Session, endpoint_id: str, delivery_ids: list[int],
+                 token: str) -> Batch | None:
+    """Return what this task's claim still holds (None: nothing, or the endpoint is gone)."""
+    endpoint = session.get(WebhookEndpoint, endpoint_id)
+    if endpoint is None or not endpoint.enabled:
+        return None
+    rows = session.execute(
+        select(WebhookDelivery.id, WebhookDelivery.event_id, WebhookDelivery.attempts,
+               WebhookEvent.occurred_at, WebhookEvent.payload)
+        .join(WebhookEvent, WebhookEvent.event_id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.claim_token == token,
+               WebhookDelivery.status == PENDING, WebhookDelivery.endpoint_id == endpoint_id)
+        .order_by(WebhookDelivery.id)
+    ).all()
+    if not rows:
+        return None
+    return Batch(endpoint, [Outgoing(*row) for row in rows])

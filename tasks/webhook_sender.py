@@ -1,0 +1,112 @@
+"""Send a batch of signed deliveries to one endpoint, concurrently, on a pooled HTTP client.
+
+One event loop and one httpx.AsyncClient per worker process, made after fork and kept:
+connections to an endpoint stay open from one task to the next (keep-alive). No redirect is
+followed (a redirect could lead to an address the URL check refused); an answer's body is
+read up to BODY_LIMIT bytes and dropped, so a receiver cannot make us read megabytes; each
+request has `webhook_timeout_seconds` in all, connecting included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import httpx
+
+from contactsync.settings import Settings
+from contactsync.timeutil import utcnow
+from contactsync.webhook_claims import Outgoing
+from contactsync.webhook_signing import Signer
+
+BODY_LIMIT = 4096  # bytes of an answer read at most
+USER_AGENT = "contactsync-webhooks/1"
+
+
+@dataclass(frozen=True)
+class Sent:
+    delivery: Outgoing
+    attempted_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+
+
+class Sender:
+    """This process's loop and client."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.client = httpx.AsyncClient(
+            timeout=settings.webhook_timeout_seconds, follow_redirects=False,
+            headers={"user-agent": USER_AGENT},
+            limits=httpx.Limits(max_connections=settings.webhook_batch_size,
+                                max_keepalive_connections=settings.webhook_batch_size),
+        )
+        self.timeout = settings.webhook_timeout_seconds
+
+    def send(self, url: str, signer: Signer, deliveries: list[Outgoing]) -> list[Sent]:
+        """POST each delivery to `url` at once; return each one's outcome."""
+        return self.loop.run_until_complete(self._send_all(url, signer, deliveries))
+
+    async def _send_all(self, url: str, signer: Signer, deliveries: list[Outgoing]) -> list[Sent]:
+        return list(await asyncio.gather(*(self._post(url, signer, d) for d in deliveries)))
+
+    async def _post(self, url: str, signer: Signer, delivery: Outgoing) -> Sent:
+        body = delivery.payload.encode()
+        at = utcnow()
+        headers = signer.headers(delivery.event_id, body, at)
+        started = time.perf_counter()
+        status: int | None = None
+        error: str | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.client.stream("POST", url, content=body,
+                                              headers=headers) as response:
+                    status = response.status_code
+                    read = 0
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read >= BODY_LIMIT:
+                            break
+            if not 200 <= status < 300:
+                error = _status_error(status)
+        except TimeoutError:
+            error = f"no answer within {self.timeout:g} s"
+        except httpx.HTTPError as exc:
+            error = _transport_error(exc)
+        duration_ms = round((time.perf_counter() - started) * 1000)
+        return Sent(delivery, at, duration_ms, status, error)
+
+
+def _status_error(status: int) -> str:
+    if 300 <= status < 400:
+        return f"answered HTTP {status}, a redirect (not followed)"
+    return f"answered HTTP {status}"
+
+
+def _transport_error(exc: httpx.HTTPError) -> str:
+    # Plain words, never the request: its headers hold the signature.
+    if isinstance(exc, httpx.ConnectError):
+        return "could not connect"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the connection closed without a valid HTTP answer"
+    return f"HTTP error ({type(exc).__name__})"
+
+
+_sender: Sender | None = None
+_pid: int | None = None
+
+
+def get_sender(settings: Settings) -> Sender:
+    """Return this process's sender, made on first use after a fork."""
+    global _sender, _pid
+    if _sender is None or _pid != os.getpid():
+        _sender = Sender(settings)
+        _pid = os.getpid()
+    return _sender

@@ -1,0 +1,97 @@
+"""Fan-out, claims and retention on both databases, without workers: what the relay stores,
+which deliveries a dispatcher may hand out, what retention deletes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import orjson
+from redis import Redis
+from sqlalchemy import func, select
+
+from contactsync.db import Database
+from contactsync.models import WebhookDelivery, WebhookEvent
+from contactsync.settings import Settings
+from contactsync.timeutil import isoformat, utcnow
+from contactsync.webhook_claims import claim_due
+from contactsync.webhook_fanout import EndpointDirectory, fan_out
+from contactsync.webhook_retention import prune
+from tests.conftest import make_tenant
+from tests.webhook_support import deliveries, make_endpoint
+
+
+def event(account_id: str, contact_id: str, sequence: int, kind: str = "contact.updated") -> str:
+    return orjson.dumps({
+        "id": f"evt_{account_id[-6:]}{contact_id}{sequence}", "type": kind,
+        "account_id": account_id, "contact_id": contact_id, "sequence": sequence,
+        "occurred_at": isoformat(utcnow()), "contact": {"id": contact_id},
+    }).decode()
+
+
+def fanned(db: Database, payloads: list[str]) -> int:
+    with db.unit_of_work() as session:
+        return fan_out(session, payloads, EndpointDirectory(ttl=0).get(session), utcnow())
+
+
+def test_fan_out_follows_accounts_types_and_enabled(
+    db: Database, settings: Settings, redis_client: Redis
+) -> None:
+    acme, other, quiet = (make_tenant(db, n) for n in ("acme", "other", "quiet"))
+    all_events, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    created_only, _ = make_endpoint(db, settings, acme.account_id, "https://b.example/h",
+                                    events=["contact.created"])
+    make_endpoint(db, settings, other.account_id, "https://c.example/h", enabled=False)
+    made = fanned(db, [
+        event(acme.account_id, "cnt_1", 1), event(acme.account_id, "cnt_1", 2, "contact.created"),
+        event(other.account_id, "cnt_2", 3), event(quiet.account_id, "cnt_3", 4),
+    ])
+    assert made == 3
+    assert [d.sequence for d in deliveries(db, all_events)] == [1, 2]
+    assert [d.sequence for d in deliveries(db, created_only)] == [2]
+    with db.reading() as session:  # only what some endpoint wants is kept
+        assert session.scalar(select(func.count()).select_from(WebhookEvent)) == 2
+    assert fanned(db, [event(quiet.account_id, "cnt_3", 5)]) == 0
+
+
+def test_only_a_contacts_head_is_claimed_and_only_once(
+    db: Database, settings: Settings, redis_client: Redis
+) -> None:
+    acme = make_tenant(db, "acme")
+    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    fanned(db, [event(acme.account_id, c, s) for c, s in
+                (("cnt_1", 20), ("cnt_1", 10), ("cnt_2", 30), ("cnt_1", 40))])
+    now = utcnow() + timedelta(seconds=1)
+    with db.unit_of_work() as session:
+        (claim,) = claim_due(session, settings, now)
+    heads = {d.id: d for d in deliveries(db, endpoint_id)}
+    assert sorted(heads[i].sequence for i in claim.delivery_ids) == [10, 30]
+    assert claim.attempt == 1 and claim.endpoint_id == endpoint_id
+    with db.unit_of_work() as session:  # in flight: nothing more of those contacts
+        assert claim_due(session, settings, now) == []
+    later = now + timedelta(seconds=settings.webhook_lease_seconds + 1)
+    with db.unit_of_work() as session:  # the lease lapsed (its worker died): again
+        (again,) = claim_due(session, settings, later)
+    assert sorted(again.delivery_ids) == sorted(claim.delivery_ids)
+    assert again.token != claim.token
+
+
+def test_retention_keeps_what_is_pending_and_recent(
+    db: Database, settings: Settings, redis_client: Redis
+) -> None:
+    acme = make_tenant(db, "acme")
+    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    fanned(db, [event(acme.account_id, "cnt_1", s) for s in (1, 2, 3)])
+    old = utcnow() - timedelta(days=settings.webhook_event_retention_days + 1)
+    first, second, _ = deliveries(db, endpoint_id)
+    with db.unit_of_work() as session:
+        for row in session.scalars(select(WebhookEvent)):
+            row.occurred_at = old
+        for delivery_id, status in ((first.id, "succeeded"), (second.id, "pending")):
+            row = session.get(WebhookDelivery, delivery_id)
+            assert row is not None
+            row.status, row.created_at = status, old
+    assert prune(db, settings, utcnow()) == 1 + 1  # the old finished delivery, its event
+    assert [d.sequence for d in deliveries(db, endpoint_id)] == [2, 3]
+    with db.reading() as session:  # the pending ones' events stay, old or not
+        kept = session.scalars(select(WebhookEvent.sequence).order_by(WebhookEvent.sequence))
+        assert list(kept) == [2, 3]
