@@ -35,6 +35,12 @@ QUEUES = (names.UPDATES_QUEUE, names.BULK_QUEUE)
 RETRY_AFTER_SECONDS = 5  # workers drain thousands of updates a second: a few seconds is plenty
 SHARE_WHEN_FULL = 10  # over max_backlog, an account may hold a tenth of it
 SAMPLE = 8  # messages read from each end of a queue when its length alone cannot decide
+# Refreshes in a row that must find messages waiting before the workers count as behind. A
+# message pushed a moment before a worker's next BRPOP is now and then caught waiting by one
+# refresh while no worker is behind at all; every default-mode PUT of the next refresh
+# interval then lingered 50 ms instead of 10 (api_gateway/publisher.py), a tail of its own
+# (docs/benchmarks.md, "Issue 13"). A real backlog is still there at the next refresh.
+BEHIND_AFTER = 2
 
 BACKLOG = Gauge(
     "contactsync_gateway_backlog_updates", "Updates the queues held at the last refresh"
@@ -67,10 +73,12 @@ class BacklogGauge:
         self._task: asyncio.Task[None] | None = None
         self.updates = 0
         self.messages = 0  # task messages no worker has taken yet
+        self._waiting_refreshes = 0  # refreshes in a row that found messages waiting
 
     def backlogged(self) -> bool:
-        """Tell whether the workers are behind: messages wait that none of them has taken."""
-        return self.messages > 0
+        """Tell whether the workers are behind: messages have waited, untaken, at the last
+        `BEHIND_AFTER` refreshes."""
+        return self._waiting_refreshes >= BEHIND_AFTER
 
     @property
     def over(self) -> bool:
@@ -112,6 +120,7 @@ class BacklogGauge:
                 pipe.llen(queue_list_key(queue))
             lengths = [int(n) for n in await pipe.execute()]
         self.messages = total_low = sum(lengths)  # every message carries at least one update
+        self._waiting_refreshes = self._waiting_refreshes + 1 if total_low else 0
         total_high = total_low * self._max_per_message
         if total_low > self._max or total_high <= self._max:
             self.updates = total_low

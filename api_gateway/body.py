@@ -23,6 +23,13 @@ def _is_json(content_type: str) -> bool:
 
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
     """Return the decoded body; a missing content type is taken as JSON."""
+    body, _ = await read_json_plain(request, limit)
+    return body
+
+
+async def read_json_plain(request: Request, limit: int = MAX_BODY_BYTES) -> tuple[Any, bool]:
+    """Return the decoded body, and whether its text is plain: ASCII without `\\u` escapes, so
+    that every string in it is already in NFC and free of NUL (`parse_body(plain=True)`)."""
     content_type = request.headers.get("content-type")
     if content_type is not None and not _is_json(content_type):
         raise UnsupportedMediaType("Send the body as application/json.")
@@ -46,7 +53,7 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
         raise ValidationFailed({"_body": _malformed(exc)}) from None
     if _may_repeat_a_key(raw, body):
         _refuse_repeated_keys(raw)
-    return body
+    return body, raw.isascii() and b"\\u" not in raw
 
 
 def _malformed(exc: orjson.JSONDecodeError) -> str:

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_gateway.errors import answer, error_response, log_internal
-from api_gateway.http_metrics import ACCESS_LOG, REQUEST_SECONDS, REQUESTS, route_of
+from api_gateway.http_metrics import ACCESS_LOG, count_request, route_of
 from api_gateway.ratelimit import STATE_KEY
 from api_gateway.routes import contact_update
 
@@ -106,8 +106,7 @@ async def finish(
     finally:
         route = route or route_of(scope)
         elapsed = time.perf_counter() - started
-        REQUESTS.labels(scope["method"], route, str(status or 500)).inc()
-        REQUEST_SECONDS.labels(scope["method"], route).observe(elapsed)
+        count_request(scope["method"], route, status or 500, elapsed)
         if ACCESS_LOG.isEnabledFor(logging.INFO):  # nothing is built when filtered out
             ACCESS_LOG.info("request", extra={
                 "method": scope["method"], "route": route, "http_status": status or 500,

@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| measure | ours | baseline | note |\n|---|---|---|---|")
     for row in cfg.rows:
         print("| " + " | ".join(row) + " |")
+    if cfg.targets:
+        print("\n| target (issue 13) | figure | baseline, same run | ratio | |")
+        print("|---|---|---|---|---|")
+        for target in cfg.targets:
+            print("| " + " | ".join(target) + " |")
     print(f"\ncommand: python -m bench {' '.join(argv if argv is not None else sys.argv[1:])}")
     return 0
 

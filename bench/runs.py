@@ -15,6 +15,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from bench import load, services
+from bench.straightforward import EVENTS, QUEUE
 from contactsync import names
 from contactsync.ids import new_update_id
 from contactsync.queue.accept import Enqueuer, Submission
@@ -35,6 +36,7 @@ class Config:
     soak_updates: int = 100_000
     import_rows: int = 100_000
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+    targets: list[tuple[str, str, str, str, str]] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
         return services.env_for(self.settings)
@@ -42,6 +44,12 @@ class Config:
     def row(self, what: str, ours: str, baseline: str, note: str) -> None:
         self.rows.append((what, ours, baseline, note))
         print(f"  {what}: ours {ours} | baseline {baseline} | {note}", flush=True)
+
+    def target(self, target: str, figure: str, baseline: str, ratio: str, met: bool) -> None:
+        """Note one of issue 13's targets: the figure, its baseline, and whether it holds."""
+        verdict = "MET" if met else "NOT MET"
+        self.targets.append((target, figure, baseline, ratio, verdict))
+        print(f"  target {target}: {ratio} {verdict}", flush=True)
 
 
 def _applied(settings: Settings) -> int:
@@ -62,14 +70,9 @@ def _applied(settings: Settings) -> int:
         return -1  # the server is restarting (say, under a fault test): ask again
 
 
-def _wait_applied(settings: Settings, target: int, timeout: float = 600) -> float:
+def _wait_applied(settings: Settings, target: int) -> float:
     """Wait until `target` updates are recorded; return when that happened (monotonic)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _applied(settings) >= target:
-            return time.monotonic()
-        time.sleep(0.05)
-    raise SystemExit(f"bench: only {_applied(settings)} of {target} updates applied")
+    return _wait_until(lambda: _applied(settings) >= target, f"{target} updates")
 
 
 def gateway_vs_bare(cfg: Config) -> None:
@@ -89,7 +92,10 @@ def gateway_vs_bare(cfg: Config) -> None:
         if name not in best or result.rps > best[name].rps:
             best[name] = result
     ours, bare = best["ours"], best["bare"]
-    cfg.row("req/s", f"{ours.rps:.0f}", f"{bare.rps:.0f}", f"ratio {ours.rps / bare.rps:.2f}")
+    ratio = ours.rps / bare.rps
+    cfg.row("req/s", f"{ours.rps:.0f}", f"{bare.rps:.0f}", f"ratio {ratio:.2f}")
+    cfg.target("(a) gateway >= 0.85x bare FastAPI", f"{ours.rps:.0f} req/s",
+               f"{bare.rps:.0f} req/s", f"{ratio:.2f}x", ratio >= 0.85)
     cfg.row("p50 ms", f"{ours.p50_ms:.1f}", f"{bare.p50_ms:.1f}", "64 connections")
     cfg.row("p99 ms", f"{ours.p99_ms:.1f}", f"{bare.p99_ms:.1f}", f"non-2xx {ours.non_2xx}")
     Redis.from_url(cfg.settings.redis_url).delete(names.UPDATES_QUEUE)
@@ -144,6 +150,10 @@ def worker_drain(cfg: Config, concurrency: int) -> None:
         rate = n / elapsed
         cfg.row(f"drain, {batch} update(s)/message", f"{rate:.0f} updates/s",
                 f"{noop_rate:.0f} tasks/s", f"ratio {rate / noop_rate:.2f}")
+        if batch == 1:
+            cfg.target("(b) drain, 1 update/message >= 0.6x no-op task",
+                       f"{rate:.0f} updates/s", f"{noop_rate:.0f} tasks/s",
+                       f"{rate / noop_rate:.2f}x", rate / noop_rate >= 0.6)
 
 
 async def _prefill(cfg: Config, n: int, batch: int) -> None:
@@ -201,6 +211,8 @@ def raw_sql_vs_bulk(cfg: Config, concurrency: int) -> None:
     rate = n / (finished - started)
     cfg.row("bulk, applied end to end", f"{rate:.0f} updates/s", f"{raw:.0f} rows/s",
             f"ratio {rate / raw:.2f}; accepted in {accepted - started:.1f}s")
+    cfg.target("(c) bulk >= 0.35x raw batched SQL", f"{rate:.0f} updates/s",
+               f"{raw:.0f} rows/s", f"{rate / raw:.2f}x", rate / raw >= 0.35)
 
 
 def _raw_sql_rate(cfg: Config) -> float:
@@ -229,30 +241,78 @@ def _raw_sql_rate(cfg: Config) -> float:
 
 
 def end_to_end(cfg: Config, concurrency: int) -> None:
-    """(d) Single async updates accepted → applied, and default-mode latency at 300 req/s."""
-    print("(d) end to end, single updates", flush=True)
+    """(d) Single async updates accepted -> applied, ours against the straightforward design;
+    our default-mode latency at 300 req/s."""
+    print("(d) end to end, single updates: ours vs the straightforward design", flush=True)
     port = services.free_port()
     gateway = services.start_gateway(cfg.env(), port, cfg.processes, cfg.log_dir)
     worker = services.start_worker(cfg.env(), concurrency, cfg.log_dir)
     url = f"http://127.0.0.1:{port}"
     try:
-        time.sleep(2)
-        before = _applied(cfg.settings)
-        started = time.monotonic()
-        result = load.wrk(url, cfg.key, len(cfg.contacts), cfg.seconds)
-        accepted = result.requests - result.non_2xx
-        finished = _wait_applied(cfg.settings, before + accepted)
-        rate = accepted / (finished - started)
+        rate, result = _single_updates(cfg, url, lambda: _applied(cfg.settings))
         cfg.row("single updates accepted → applied", f"{rate:.0f} updates/s",
-                f"{result.rps:.0f} accepted/s", f"drained {finished - started - cfg.seconds:.1f}s "
-                f"after load; non-2xx {result.non_2xx}")
+                f"{result.rps:.0f} accepted/s", f"non-2xx {result.non_2xx}")
         requests = load.put_request(cfg.key, len(cfg.contacts))
-        latency = load.open_loop(port, 300, cfg.seconds, requests)
+        latency = load.open_loop(port, 300, cfg.seconds, requests, warmup=min(2, cfg.seconds))
         cfg.row("default-mode PUT at 300 req/s", f"p50 {latency.p50_ms:.1f} ms, "
-                f"p99 {latency.p99_ms:.1f} ms", "-", f"{latency.ok}/{latency.sent} ok")
+                f"p99 {latency.p99_ms:.1f} ms", "-", f"{latency.ok}/{latency.sent} ok; "
+                f"generator late by {latency.late_p99_ms:.1f} ms at p99")
     finally:
         worker.stop()
         gateway.stop()
+    plain, plain_load = _straightforward(cfg, concurrency)
+    ratio = rate / plain
+    # Its accepted/s beside: which of its API and its worker bounds it.
+    cfg.row("single updates, straightforward design", f"{rate:.0f} updates/s",
+            f"{plain:.0f} updates/s", f"ratio {ratio:.2f}; it accepted {plain_load.rps:.0f}/s, "
+            f"non-2xx {plain_load.non_2xx}")
+    cfg.target("(d) single updates >= 6x straightforward", f"{rate:.0f} updates/s",
+               f"{plain:.0f} updates/s", f"{ratio:.1f}x", ratio >= 6)
+    cfg.target("(d) default-mode p99 <= 50 ms at 300 req/s", f"p99 {latency.p99_ms:.1f} ms",
+               "-", f"{latency.p99_ms:.1f} ms", latency.p99_ms <= 50 and latency.ok == latency.sent)
+
+
+def _single_updates(cfg: Config, url: str, applied: Any) -> tuple[float, load.WrkResult]:
+    """Drive single PUTs with wrk for `cfg.seconds` after a warm-up; return the rate at which
+    they were applied (accepted over the time until the last was applied) and wrk's figures."""
+    base = applied()
+    warm = load.wrk(url, cfg.key, len(cfg.contacts), 1)  # every process's first connections
+    _wait_until(lambda: applied() >= base + warm.requests - warm.non_2xx, "the warm-up")
+    before = applied()
+    started = time.monotonic()
+    result = load.wrk(url, cfg.key, len(cfg.contacts), cfg.seconds)
+    finished = _wait_until(lambda: applied() >= before + result.requests - result.non_2xx,
+                           "the single updates")
+    return (result.requests - result.non_2xx) / (finished - started), result
+
+
+def _wait_until(done: Any, what: str, timeout: float = 600) -> float:
+    """Wait until `done()`; return when that happened (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return time.monotonic()
+        time.sleep(0.05)
+    raise SystemExit(f"bench: {what} were not all applied within {timeout:.0f}s")
+
+
+def _straightforward(cfg: Config, concurrency: int) -> tuple[float, load.WrkResult]:
+    """Section (d)'s load on the straightforward design (`bench/straightforward/`), served and
+    worked the same way, on the same PostgreSQL database and contacts; its broker and stream
+    on a Redis database number of their own."""
+    redis_url = cfg.settings.redis_url.rsplit("/", 1)[0] + "/1"
+    redis = Redis.from_url(redis_url)
+    env = services.env_for(cfg.settings, REDIS_URL=redis_url)
+    port = services.free_port()
+    server = services.start_straightforward(env, port, cfg.processes, cfg.log_dir)
+    worker = services.start_worker(env, concurrency, cfg.log_dir,
+                                   app="bench.straightforward.tasks", queues=QUEUE)
+    try:
+        return _single_updates(cfg, f"http://127.0.0.1:{port}", lambda: redis.xlen(EVENTS))
+    finally:
+        worker.stop()
+        server.stop()
+        redis.flushdb()
 
 
 def memory(cfg: Config, concurrency: int) -> None:

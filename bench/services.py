@@ -189,6 +189,17 @@ def start_bare(env: dict[str, str], port: int, workers: int, log_dir: Path) -> S
     return service
 
 
+def start_straightforward(env: dict[str, str], port: int, workers: int, log_dir: Path) -> Service:
+    """The straightforward design's API (`bench/straightforward/`), served as ours is."""
+    service = start("straightforward", [sys.executable, "-m", "bench.straightforward.app",
+                                        "--port", str(port), "--workers", str(workers)],
+                    env, log_dir)
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200,
+             "the straightforward design's API")
+    wait_listening(port, workers, "the straightforward design's API")
+    return service
+
+
 def start_worker(
     env: dict[str, str], concurrency: int, log_dir: Path, app: str = "worker.app",
     queues: str = "contacts.updates,contacts.bulk",

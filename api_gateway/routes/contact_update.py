@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from api_gateway import idempotency
 from api_gateway.auth import authenticate, check_permission
 from api_gateway.backlog import refusal as backlog_refusal
-from api_gateway.body import read_json
+from api_gateway.body import read_json_plain
 from api_gateway.http_metrics import ENQUEUE_SECONDS, WAIT_OUTCOMES
 from api_gateway.ratelimit import Token
 from api_gateway.responses import JSONResponse, error_responses
@@ -77,8 +77,8 @@ async def update_contact(contact_id: str, request: Request) -> JSONResponse:
     principal = await authenticate(request)
     async with Token(request, principal) as token:
         check_permission(principal, "contacts:write")
-        body = await read_json(request)
-        patch = parse_body(ContactUpdate, body).patch()
+        body, plain = await read_json_plain(request)
+        patch = parse_body(ContactUpdate, body, plain=plain).patch()
         if not CONTACT_ID_PATTERN.fullmatch(contact_id):
             raise NotFound("Contact not found.")
         idem = idempotency.of_request(request, "PUT", body)

@@ -25,6 +25,7 @@ def test_bench_quick_form_prints_every_section() -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for measure in ("| req/s |", "| drain, 1 update(s)/message |", "| bulk, applied end to end |",
                     "| single updates accepted → applied |", "| default-mode PUT at 300 req/s |",
+                    "| single updates, straightforward design |", "| target (issue 13) |",
                     "| worker RSS over", "| sync import, batch upsert vs update |",
                     "| worker RSS over the upsert import |",
                     "| webhook deliveries to a bare receiver |"):

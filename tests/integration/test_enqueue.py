@@ -88,6 +88,25 @@ def test_a_stored_body_is_the_update_with_its_sequence(
     assert _queued_ids(redis) == [[u.update_id for u in updates]]
 
 
+def test_a_flush_past_one_chunk_of_writes_stores_every_update(
+    settings: Settings, redis: Redis
+) -> None:
+    # The script writes bodies and pending entries 1,000 at a time (Lua's stack): 2,501
+    # updates of two accounts take three chunks each, the last one partly filled.
+    submissions = [replace(_submission(n), account_id=f"acc_enqueue{n % 2}")
+                   for n in range(2501)]
+    outcomes = _accept(settings, submissions)
+    updates = [o.update for o in outcomes if isinstance(o, Accepted)]
+    assert len(updates) == 2501
+    for update in (updates[0], updates[1000], updates[2000], updates[2500]):
+        assert redis.get(names.update_body_key(update.update_id)) == update.to_json()
+        assert redis.zscore(names.PENDING_KEY, update.update_id) == update.seq
+        owner = names.account_pending_key(update.account_id)
+        assert redis.zscore(owner, update.update_id) == update.seq
+    assert redis.zcard(names.PENDING_KEY) == 2501
+    assert redis.zcard(names.account_pending_key("acc_enqueue0")) == 1251
+
+
 def test_a_flush_answers_a_known_idempotency_key_and_queues_only_the_others(
     settings: Settings, redis: Redis
 ) -> None:
