@@ -108,9 +108,13 @@ class _Locked:
 
 
 def apply_batch(
-    session: Session, updates: Sequence[AcceptedUpdate], now: datetime
+    session: Session, updates: Sequence[AcceptedUpdate], now: datetime, *,
+    with_commit: bool = False,
 ) -> list[Outcome]:
     """Apply `updates` within the caller's transaction; return one outcome per distinct id.
+
+    `with_commit`: on PostgreSQL the batch's writes go with the COMMIT of the caller's unit of
+    work (one round trip less), so the caller must not read them before it commits.
 
     Core statements, not ORM objects: a batch is a few set-based statements whatever its size
     (lock, look up records, update contacts, insert records and events), and the ORM's
@@ -174,8 +178,8 @@ def apply_batch(
     if connection.dialect.name == "postgresql":
         released, claimed = book.changes()
         pg_batch.write_batch(
-            connection, updated=updated, created=created, released=released, claimed=claimed,
-            replaced=replaced, records=records, events=outbox,
+            session, updated=updated, created=created, released=released, claimed=claimed,
+            replaced=replaced, records=records, events=outbox, with_commit=with_commit,
         )
     else:
         _UPDATE_CONTACTS.run(connection, updated)

@@ -3,7 +3,8 @@ needs, one statement that writes everything the merge decided.
 
 The merge itself stays the pure function (`contactsync/merge.py`), run by `batch_apply` between
 the two. A lone update used to pay nine round trips (a ping, BEGIN, the lock, the record
-look-up, the identities, three writes, COMMIT); it pays three now (these two and COMMIT).
+look-up, the identities, three writes, COMMIT); it pays two now, the second carrying the
+COMMIT (`Database.write_with_commit`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import orjson
 import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, Table, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
+from contactsync.db import Database, driver_error
 from contactsync.models import Contact, ContactIdentity, OutboxEvent, UpdateRecord
 from contactsync.row_batches import recordset
 
@@ -128,39 +130,29 @@ def read_locked(
         locked, finished, held = (list(cursor.fetchall()) for cursor in cursors)
         return locked, finished, held
     except psycopg.Error as exc:
-        raise _translated(connection, exc) from exc
-
-
-def _translated(connection: Connection, exc: psycopg.Error) -> BaseException:
-    """Return psycopg's error as SQLAlchemy's would be (IntegrityError, OperationalError, ...),
-    which the retry policy reads; a connection that broke is dropped from the pool."""
-    driver: Any = connection.connection.driver_connection
-    invalidated = bool(driver.closed or driver.broken)
-    wrapped = DBAPIError.instance(
-        None, None, exc, psycopg.Error, hide_parameters=True, connection_invalidated=invalidated,
-        dialect=connection.dialect,
-    )
-    if invalidated:
-        connection.invalidate(exc)
-    return wrapped
+        raise driver_error(connection, exc) from exc
 
 
 def write_batch(
-    connection: Connection, *, updated: Sequence[dict[str, Any]],
+    session: Session, *, updated: Sequence[dict[str, Any]],
     created: Sequence[dict[str, Any]], released: Sequence[tuple[str, str]],
     claimed: Sequence[dict[str, Any]], replaced: Sequence[str],
-    records: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]], with_commit: bool,
 ) -> None:
     """Write a batch's merged contacts, created contacts, identities released and claimed,
     update records (`replaced`: the ids whose `failed` record they replace) and outbox
-    events: one statement."""
+    events: one statement; `with_commit`, sent with the transaction's COMMIT."""
     accounts = [a for a, _ in released]
     keys = [k for _, k in released]
-    connection.execute(_WRITE, {
+    params = {
         "updated": _json(updated), "created": _json(created),
         "released_accounts": accounts, "released_keys": keys, "claimed": _json(claimed),
         "replaced": list(replaced), "records": _json(records), "events": _json(events),
-    })
+    }
+    if with_commit:
+        Database.write_with_commit(session, _WRITE, params)
+    else:
+        session.connection().execute(_WRITE, params)
 
 
 def _json(rows: Sequence[dict[str, Any]]) -> str:

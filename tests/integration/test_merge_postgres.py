@@ -127,7 +127,7 @@ def test_postgres_path_matches_the_pure_merge(
     for batch in batches:
         chosen: list[AcceptedUpdate] = [updates[i] for i in batch]
         with pg.unit_of_work() as session:
-            outcomes = apply_batch(session, chosen, utcnow())
+            outcomes = apply_batch(session, chosen, utcnow(), with_commit=True)  # as the worker
         assert all(o.status in ("applied", "noop") for o in outcomes), outcomes
 
     expected, expected_changes = _spec(start, ups, batches)
