@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 import psycopg
 from sqlalchemy import Connection, Engine, TextClause, create_engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -36,6 +37,9 @@ def make_engine(settings: Settings, lock_timeout_ms: int | None = None) -> Engin
         }
         engine = create_engine(
             url, pool_size=5, max_overflow=10, hide_parameters=True, connect_args=options,
+            # psycopg decodes json and jsonb with the standard library's json by default: a
+            # bulk batch reads four JSONB columns a contact, and orjson decodes them ~5x faster.
+            json_deserializer=orjson.loads,
         )
         _ping_idle(engine)
         return engine
