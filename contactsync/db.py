@@ -141,11 +141,17 @@ class Database:
         self.engine.dispose()
 
 
+# The few statements sent with a commit, as psycopg reads them.
+_COMPILED: dict[TextClause, str] = {}
+
+
 def _commit_with(connection: Connection, statement: TextClause, params: dict[str, Any]) -> None:
     """Send `statement` and COMMIT together (psycopg's pipeline); SQLAlchemy's own commit that
     follows finds the transaction over and sends nothing."""
     driver: Any = connection.connection.driver_connection
-    sql = str(statement.compile(dialect=connection.dialect))
+    sql = _COMPILED.get(statement)
+    if sql is None:  # compiling costs about as much as the statement's round trip
+        sql = _COMPILED[statement] = str(statement.compile(dialect=connection.dialect))
     try:
         with driver.pipeline():
             driver.execute(sql, params)
