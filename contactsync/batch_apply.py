@@ -13,7 +13,7 @@ from sqlalchemy import Table, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from contactsync import events
+from contactsync import events, pg_batch
 from contactsync.contacts import contact_to_dict, state_of
 from contactsync.errors import TransientFailure
 from contactsync.identities import MAX_EXTERNAL_SYSTEMS
@@ -108,9 +108,13 @@ class _Locked:
 
 
 def apply_batch(
-    session: Session, updates: Sequence[AcceptedUpdate], now: datetime
+    session: Session, updates: Sequence[AcceptedUpdate], now: datetime, *,
+    with_commit: bool = False,
 ) -> list[Outcome]:
     """Apply `updates` within the caller's transaction; return one outcome per distinct id.
+
+    `with_commit`: on PostgreSQL the batch's writes go with the COMMIT of the caller's unit of
+    work (one round trip less), so the caller must not read them before it commits.
 
     Core statements, not ORM objects: a batch is a few set-based statements whatever its size
     (lock, look up records, update contacts, insert records and events), and the ORM's
@@ -119,23 +123,19 @@ def apply_batch(
     unique = list({u.update_id: u for u in updates}.values())
     connection = session.connection()
     contact_ids = sorted({u.contact_id for u in unique} | _matched(connection, unique))
-    # Locking in id order keeps two workers with overlapping batches from deadlocking, and
-    # holding the locks before reading update_records makes the duplicate check exact.
-    rows = connection.execute(_LOCK_CONTACTS, {"ids": contact_ids}).all()
+    if connection.dialect.name == "postgresql":
+        rows, rows_finished, book = _read_pg(connection, contact_ids, unique)
+    else:
+        rows, rows_finished, book = _read(connection, contact_ids, unique)
     contacts = {
         row.id: _Locked(row.account_id, state_of(row), contact_to_dict(row), row.updated_at)
         for row in rows
     }
-    rows_finished = connection.execute(_FINISHED, {"ids": [u.update_id for u in unique]}).all()
     finished: dict[str, str] = {row.update_id: row.status for row in rows_finished}
     # A redelivered conflict answers a waiting gateway with the holder, as the first did.
     errors: dict[str, dict[str, Any] | None] = {row.update_id: row.error for row in rows_finished}
     # An upsert's record names the contact it found or made.
     recorded: dict[str, str] = {row.update_id: row.contact_id for row in rows_finished}
-    pending = [u for u in unique if finished.get(u.update_id) not in FINISHED]
-    book = IdentityBook.load(
-        connection, list(contacts), [(u.account_id, u.patch) for u in pending]
-    )
     applied_at = isoformat(now)
     outcomes: list[Outcome] = []
     records: list[dict[str, Any]] = []
@@ -165,22 +165,62 @@ def apply_batch(
             )
             payload = orjson.dumps(event).decode()
             outbox.append({"event_id": event["id"], "payload": payload, "created_at": now})
-    _UPDATE_CONTACTS.run(connection, [
+    updated = [
         _row_values(contact_id, c) for contact_id, c in contacts.items()
         if c.dirty and not c.created
-    ])
-    _INSERT_CONTACTS.run(connection, [  # before their identities, which refer to them
+    ]
+    created = [
         created_row(contact_id, c.account_id, c.public, c.state, now, c.updated_at)
         for contact_id, c in contacts.items() if c.created
-    ])
-    book.write(connection)
-    retried = [r["update_id"] for r in records if r["update_id"] in finished]
-    if retried:  # a replayed dead letter replaces its `failed` record
-        connection.execute(_DELETE_RECORDS, {"ids": retried})
-    _INSERT_RECORDS.run(connection, records)
-    _INSERT_EVENTS.run(connection, outbox)
+    ]
+    # A replayed dead letter replaces its `failed` record.
+    replaced = [r["update_id"] for r in records if r["update_id"] in finished]
+    if connection.dialect.name == "postgresql":
+        released, claimed = book.changes()
+        pg_batch.write_batch(
+            session, updated=updated, created=created, released=released, claimed=claimed,
+            replaced=replaced, records=records, events=outbox, with_commit=with_commit,
+        )
+    else:
+        _UPDATE_CONTACTS.run(connection, updated)
+        _INSERT_CONTACTS.run(connection, created)  # before their identities, which refer to them
+        book.write(connection)
+        if replaced:
+            connection.execute(_DELETE_RECORDS, {"ids": replaced})
+        _INSERT_RECORDS.run(connection, records)
+        _INSERT_EVENTS.run(connection, outbox)
     # The worker parks what the rule refused (`failed`) in this transaction (tasks/parking.py).
     return outcomes
+
+
+def _read(
+    connection: Any, contact_ids: list[str], unique: list[AcceptedUpdate]
+) -> tuple[list[Any], list[Any], IdentityBook]:
+    """Lock the contacts, then read the records and the identities the batch may touch."""
+    # Locking in id order keeps two workers with overlapping batches from deadlocking, and
+    # holding the locks before reading update_records makes the duplicate check exact.
+    rows = connection.execute(_LOCK_CONTACTS, {"ids": contact_ids}).all()
+    rows_finished = connection.execute(
+        _FINISHED, {"ids": [u.update_id for u in unique]}
+    ).all()
+    finished = {row.update_id for row in rows_finished if row.status in FINISHED}
+    pending = [u for u in unique if u.update_id not in finished]
+    book = IdentityBook.load(
+        connection, [row.id for row in rows], [(u.account_id, u.patch) for u in pending]
+    )
+    return rows, rows_finished, book
+
+
+def _read_pg(
+    connection: Any, contact_ids: list[str], unique: list[AcceptedUpdate]
+) -> tuple[list[Any], list[Any], IdentityBook]:
+    """`_read` in one round trip: the identities of every update, finished or not (a finished
+    one's only add rows the book leaves as they are)."""
+    accounts, keys = IdentityBook.wanted((u.account_id, u.patch) for u in unique)
+    rows, rows_finished, held = pg_batch.read_locked(
+        connection, contact_ids, [u.update_id for u in unique], accounts, keys
+    )
+    return rows, rows_finished, IdentityBook(held)
 
 
 def _matched(connection: Any, updates: list[AcceptedUpdate]) -> set[str]:

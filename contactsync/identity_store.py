@@ -104,6 +104,22 @@ class IdentityBook:
         patches: Iterable[tuple[str, Mapping[str, Any]]],
     ) -> IdentityBook:
         """Read the rows of `contact_ids` and of the identities in `(account_id, patch)`s."""
+        accounts, keys = cls.wanted(patches)
+        pg = connection.dialect.name == "postgresql"
+        rows: list[Any] = []
+        if contact_ids:
+            rows += connection.execute(_PG_BY_CONTACT if pg else _BY_CONTACT, {"ids": contact_ids})
+        if keys:
+            params = {"accounts": accounts, "keys": keys}
+            rows += connection.execute(_PG_BY_KEY if pg else _BY_KEY, params)
+        return cls(rows)
+
+    @staticmethod
+    def wanted(
+        patches: Iterable[tuple[str, Mapping[str, Any]]],
+    ) -> tuple[list[str], list[str]]:
+        """Return the accounts and the stored keys of the identities `(account_id, patch)`s
+        name: what a batch reads besides its contacts' own rows."""
         accounts: set[str] = set()
         keys: set[str] = set()
         for account_id, patch in patches:
@@ -113,14 +129,7 @@ class IdentityBook:
             if found:
                 accounts.add(account_id)
                 keys.update(found.values())
-        pg = connection.dialect.name == "postgresql"
-        rows: list[Any] = []
-        if contact_ids:
-            rows += connection.execute(_PG_BY_CONTACT if pg else _BY_CONTACT, {"ids": contact_ids})
-        if keys:
-            params = {"accounts": sorted(accounts), "keys": sorted(keys)}
-            rows += connection.execute(_PG_BY_KEY if pg else _BY_KEY, params)
-        return cls(rows)
+        return sorted(accounts), sorted(keys)
 
     def holder(self, account_id: str, key: str) -> str | None:
         """Return the contact that holds identity `key` as the batch has left it, if any."""
@@ -157,8 +166,8 @@ class IdentityBook:
                 self._holders[(account_id, new)] = (contact_id, name)
         return None
 
-    def write(self, connection: Connection) -> None:
-        """Delete the rows released and insert the rows claimed."""
+    def changes(self) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+        """Return the (account, key)s released and the rows claimed, in key order."""
         gone = [
             (a, k) for (a, k), held in self._initial.items() if self._holders.get((a, k)) != held
         ]
@@ -169,6 +178,11 @@ class IdentityBook:
             for (a, k), (contact_id, field) in sorted(self._holders.items())
             if self._initial.get((a, k)) != (contact_id, field)
         ]
+        return gone, new
+
+    def write(self, connection: Connection) -> None:
+        """Delete the rows released and insert the rows claimed."""
+        gone, new = self.changes()
         if gone and connection.dialect.name == "postgresql":
             accounts, keys = zip(*gone, strict=True)
             connection.execute(_PG_DELETE, {"accounts": list(accounts), "keys": list(keys)})

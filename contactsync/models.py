@@ -20,7 +20,11 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# A contact's mergeable JSON: JSONB on PostgreSQL (migration 0005), JSON elsewhere.
+_MERGEABLE = JSON().with_variant(JSONB(), "postgresql")
 
 
 class Base(DeclarativeBase):
@@ -62,13 +66,13 @@ class Contact(Base):
     position: Mapped[str | None] = mapped_column(String(200))
     source: Mapped[str] = mapped_column(String(32))
     linkedin_url: Mapped[str | None] = mapped_column(String(2048))
-    tags: Mapped[list[str]] = mapped_column(JSON)
-    custom_fields: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tags: Mapped[list[str]] = mapped_column(_MERGEABLE)
+    custom_fields: Mapped[dict[str, Any]] = mapped_column(_MERGEABLE)
     external_ids: Mapped[dict[str, Any]] = mapped_column(
-        JSON, default=dict, server_default=text("'{}'")
+        _MERGEABLE, default=dict, server_default=text("'{}'")
     )
     # The sequence that last wrote each field: what per-field last-writer-wins compares.
-    field_seqs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    field_seqs: Mapped[dict[str, Any]] = mapped_column(_MERGEABLE)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

@@ -31,6 +31,16 @@ def _typed(table: Table, columns: dict[str, str]) -> str:
     )
 
 
+def recordset(table: Table, columns: dict[str, str], param: str) -> str:
+    """Return the FROM item that reads JSON parameter `param` (an array of objects) as rows
+    `r`, each key typed as its column (`columns`: key to column) and numbered `row_number`."""
+    names = ", ".join(_quote(key) for key in columns)
+    return (
+        f"ROWS FROM (json_to_recordset(CAST(:{param} AS json)) AS ({_typed(table, columns)})) "
+        f"WITH ORDINALITY AS r({names}, row_number)"
+    )
+
+
 def _rows_json(rows: Sequence[dict[str, Any]]) -> str:
     # orjson writes aware datetimes as RFC 3339 with their offset, which timestamptz reads.
     return orjson.dumps(rows).decode()

@@ -64,7 +64,8 @@ def _apply_committed(runtime: Runtime, updates: list[AcceptedUpdate]) -> list[Ou
         try:
             with runtime.db.unit_of_work() as session:
                 now = utcnow()
-                outcomes = apply_batch(session, updates, now)
+                # Its writes go with the COMMIT: nothing here reads them.
+                outcomes = apply_batch(session, updates, now, with_commit=True)
                 park_refused(session, outcomes, now)
                 return outcomes
         except Exception as exc:

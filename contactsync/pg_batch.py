@@ -1,0 +1,160 @@
+"""A batch's two PostgreSQL round trips: one that locks its contacts and reads what the merge
+needs, one statement that writes everything the merge decided.
+
+The merge itself stays the pure function (`contactsync/merge.py`), run by `batch_apply` between
+the two. A lone update used to pay nine round trips (a ping, BEGIN, the lock, the record
+look-up, the identities, three writes, COMMIT); it pays two now, the second carrying the
+COMMIT (`Database.write_with_commit`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Connection, Table, text
+from sqlalchemy.orm import Session
+
+from contactsync.db import Database, driver_error
+from contactsync.models import Contact, ContactIdentity, OutboxEvent, UpdateRecord
+from contactsync.row_batches import recordset
+
+_CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
+_RECORDS: Table = UpdateRecord.__table__  # type: ignore[assignment]
+_OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
+_IDENTITIES: Table = ContactIdentity.__table__  # type: ignore[assignment]
+
+# Three statements sent at once (psycopg's pipeline) with the transaction's BEGIN: one round
+# trip. Each takes its snapshot when it starts, so the two reads run after the locks are held,
+# which keeps the duplicate check exact (a delivery that committed while this one waited for
+# a lock is seen).
+_LOCK = (
+    f"SELECT {', '.join(c.name for c in _CONTACTS.columns)} FROM contacts "
+    "WHERE id IN (SELECT unnest(CAST(%(ids)s AS varchar[]))) ORDER BY id FOR UPDATE"
+)
+_FINISHED = (
+    "SELECT update_id, status, error, contact_id FROM update_records "
+    "WHERE update_id IN (SELECT unnest(CAST(%(updates)s AS varchar[])))"
+)
+_HELD = (
+    "SELECT account_id, key, field, contact_id FROM contact_identities "
+    "WHERE contact_id IN (SELECT unnest(CAST(%(ids)s AS varchar[]))) UNION ALL "
+    "SELECT account_id, key, field, contact_id FROM contact_identities "
+    "WHERE account_id = ANY(CAST(%(accounts)s AS varchar[])) "
+    "AND key IN (SELECT unnest(CAST(%(keys)s AS varchar[])))"
+)
+
+_CONTACT_COLUMNS = (
+    "name", "email", "phone", "company", "position", "linkedin_url", "tags", "custom_fields",
+    "external_ids", "field_seqs", "updated_at",
+)
+_CREATED_COLUMNS = ("id", "account_id", *_CONTACT_COLUMNS[:6], "source", *_CONTACT_COLUMNS[6:],
+                    "created_at")
+_RECORD_COLUMNS = (
+    "update_id", "account_id", "contact_id", "seq", "status", "received_at", "applied_at",
+    "changed_fields", "error",
+)
+_IDENTITY_COLUMNS = ("account_id", "key", "field", "contact_id")
+_EVENT_COLUMNS = ("event_id", "payload", "created_at")
+
+
+def _names(columns: Sequence[str]) -> str:
+    return ", ".join(columns)
+
+
+# Every write of a batch in one statement. Parts with no rows cost an empty scan. A scalar
+# count in a WHERE runs the CTE it counts first: identities released are deleted before those
+# claimed are inserted (a key moving from one contact to another in one batch), a replayed dead
+# letter's `failed` record before its new one. The identities' foreign key is checked at the
+# end of the statement, after the contacts it creates.
+_WRITE = text(f"""
+WITH updated AS (
+  UPDATE contacts SET {", ".join(f"{c} = r.{c}" for c in _CONTACT_COLUMNS)}
+  FROM {recordset(_CONTACTS, {"locked_id": "id", **{c: c for c in _CONTACT_COLUMNS}},
+                  "updated")}
+  WHERE contacts.id = r.locked_id RETURNING 1
+), created AS (
+  INSERT INTO contacts ({_names(_CREATED_COLUMNS)})
+  SELECT {_names(_CREATED_COLUMNS)}
+  FROM {recordset(_CONTACTS, {c: c for c in _CREATED_COLUMNS}, "created")} RETURNING 1
+), released AS (
+  DELETE FROM contact_identities WHERE (account_id, key) IN (
+    SELECT * FROM unnest(CAST(:released_accounts AS varchar[]),
+                         CAST(:released_keys AS varchar[]))
+  ) RETURNING 1
+), claimed AS (
+  INSERT INTO contact_identities ({_names(_IDENTITY_COLUMNS)})
+  SELECT {_names(_IDENTITY_COLUMNS)}
+  FROM {recordset(_IDENTITIES, {c: c for c in _IDENTITY_COLUMNS}, "claimed")}
+  WHERE (SELECT count(*) FROM released) >= 0 ORDER BY row_number RETURNING 1
+), replaced AS (
+  DELETE FROM update_records WHERE update_id IN (
+    SELECT unnest(CAST(:replaced AS varchar[]))
+  ) RETURNING 1
+), recorded AS (
+  INSERT INTO update_records ({_names(_RECORD_COLUMNS)})
+  SELECT {_names(_RECORD_COLUMNS)}
+  FROM {recordset(_RECORDS, {c: c for c in _RECORD_COLUMNS}, "records")}
+  WHERE (SELECT count(*) FROM replaced) >= 0 RETURNING 1
+), published AS (
+  INSERT INTO outbox ({_names(_EVENT_COLUMNS)})
+  SELECT {_names(_EVENT_COLUMNS)}
+  FROM {recordset(_OUTBOX, {c: c for c in _EVENT_COLUMNS}, "events")}
+  ORDER BY row_number RETURNING 1
+)
+SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM created),
+       (SELECT count(*) FROM claimed), (SELECT count(*) FROM recorded),
+       (SELECT count(*) FROM published)
+""")
+
+
+def read_locked(
+    connection: Connection, contact_ids: list[str], update_ids: list[str],
+    accounts: list[str], keys: list[str],
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """Lock `contact_ids` (in id order) and return their rows, the records of `update_ids`,
+    and the identity rows of those contacts and of `keys` within `accounts`: one round trip.
+
+    The rows are named tuples with the columns' names, as SQLAlchemy's rows read.
+    """
+    driver: Any = connection.connection.driver_connection
+    params = {"ids": contact_ids, "updates": update_ids, "accounts": accounts, "keys": keys}
+    try:
+        with driver.pipeline():
+            cursors = [driver.cursor(row_factory=namedtuple_row) for _ in range(3)]
+            for cursor, sql in zip(cursors, (_LOCK, _FINISHED, _HELD), strict=True):
+                cursor.execute(sql, params)
+        locked, finished, held = (list(cursor.fetchall()) for cursor in cursors)
+        return locked, finished, held
+    except psycopg.Error as exc:
+        raise driver_error(connection, exc) from exc
+
+
+def write_batch(
+    session: Session, *, updated: Sequence[dict[str, Any]],
+    created: Sequence[dict[str, Any]], released: Sequence[tuple[str, str]],
+    claimed: Sequence[dict[str, Any]], replaced: Sequence[str],
+    records: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]], with_commit: bool,
+) -> None:
+    """Write a batch's merged contacts, created contacts, identities released and claimed,
+    update records (`replaced`: the ids whose `failed` record they replace) and outbox
+    events: one statement; `with_commit`, sent with the transaction's COMMIT."""
+    accounts = [a for a, _ in released]
+    keys = [k for _, k in released]
+    params = {
+        "updated": _json(updated), "created": _json(created),
+        "released_accounts": accounts, "released_keys": keys, "claimed": _json(claimed),
+        "replaced": list(replaced), "records": _json(records), "events": _json(events),
+    }
+    if with_commit:
+        Database.write_with_commit(session, _WRITE, params)
+    else:
+        session.connection().execute(_WRITE, params)
+
+
+def _json(rows: Sequence[dict[str, Any]]) -> str:
+    # orjson writes aware datetimes as RFC 3339 with their offset, which timestamptz reads.
+    return orjson.dumps(list(rows)).decode()
