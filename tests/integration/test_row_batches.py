@@ -61,11 +61,12 @@ def test_serial_ids_follow_the_order_of_the_rows(db: Database) -> None:
          "created_at": datetime(2026, 11, 27, tzinfo=UTC)}
         for i in range(10)
     ]
+    # Read inside the writing transaction: a running worker's relay (another test's stack, on
+    # the same database) publishes and deletes committed outbox rows.
     with db.unit_of_work() as session:
         RowInsert(OutboxEvent.__table__, ("event_id", "payload", "created_at")).run(
             session.connection(), rows
         )
-    with db.reading() as session:
         stored = session.execute(select(OutboxEvent.event_id).order_by(OutboxEvent.id)).all()
     assert [e for (e,) in stored] == [r["event_id"] for r in rows]
 
