@@ -43,9 +43,12 @@ class Sender:
         self.client = httpx.AsyncClient(
             timeout=settings.webhook_timeout_seconds, follow_redirects=False,
             headers={"user-agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=settings.webhook_batch_size,
-                                max_keepalive_connections=settings.webhook_batch_size),
+            limits=httpx.Limits(max_connections=settings.webhook_connections,
+                                max_keepalive_connections=settings.webhook_connections),
         )
+        # No more requests in the pool than connections: httpcore looks over every queued
+        # request and every connection at each request's turn, so a queue costs CPU.
+        self.slots = asyncio.Semaphore(settings.webhook_connections)
         self.timeout = settings.webhook_timeout_seconds
 
     def send(self, url: str, signer: Signer, deliveries: list[Outgoing]) -> list[Sent]:
@@ -56,6 +59,10 @@ class Sender:
         return list(await asyncio.gather(*(self._post(url, signer, d) for d in deliveries)))
 
     async def _post(self, url: str, signer: Signer, delivery: Outgoing) -> Sent:
+        async with self.slots:
+            return await self._post_now(url, signer, delivery)
+
+    async def _post_now(self, url: str, signer: Signer, delivery: Outgoing) -> Sent:
         body = delivery.payload.encode()
         at = utcnow()
         headers = signer.headers(delivery.event_id, body, at)
