@@ -158,7 +158,7 @@ class Settings(BaseSettings):
         "(from the first that finally failed after its last success) is disabled"
     )
     webhook_batch_size: int = Field(
-        default=50, ge=1, le=1000, description="most deliveries in one delivery task (one "
+        default=200, ge=1, le=1000, description="most deliveries in one delivery task (one "
         "endpoint, distinct contacts, sent concurrently)"
     )
     webhook_connections: int = Field(
