@@ -153,10 +153,16 @@ def claim_more(
 
 def release(session: Session, claim: Claim) -> None:
     """Give a claim back at once (its task could not be queued)."""
+    give_back(session, claim.delivery_ids, claim.token)
+
+
+def give_back(session: Session, delivery_ids: list[int], token: str) -> None:
+    """Give back deliveries still held by `token`, unattempted: the next pass hands them out."""
+    if not delivery_ids:
+        return
     session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(claim.delivery_ids),
-               WebhookDelivery.claim_token == claim.token)
+        .where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.claim_token == token)
         .values(claim_token=None, claimed_until=None)
     )
 
