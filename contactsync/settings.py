@@ -158,8 +158,12 @@ class Settings(BaseSettings):
         "(from the first that finally failed after its last success) is disabled"
     )
     webhook_batch_size: int = Field(
-        default=50, ge=1, le=1000, description="most deliveries in one delivery task (one "
+        default=200, ge=1, le=1000, description="most deliveries in one delivery task (one "
         "endpoint, distinct contacts, sent concurrently)"
+    )
+    webhook_connections: int = Field(
+        default=8, ge=1, le=100, description="most HTTP connections a delivery worker process "
+        "keeps (one task sends to one endpoint at a time): a batch goes out this many at once"
     )
     webhook_endpoint_max_tasks: int = Field(
         default=2, ge=1, description="most delivery tasks of one endpoint in flight at once: "

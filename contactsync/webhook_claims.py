@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, distinct, func, or_, select, update
+from sqlalchemy import case, distinct, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from contactsync.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -52,23 +52,40 @@ class Batch:
     deliveries: list[Outgoing]
 
 
-def _heads(now: datetime, limit: int, endpoint_id: str | None = None):  # type: ignore[no-untyped-def]
+def _heads(now: datetime, limit: int, endpoint_ids: list[str]):  # type: ignore[no-untyped-def]
+    # Each pending delivery ranked within its endpoint and contact, and whether any of them is
+    # in flight, in one pass over the pending rows (a window, on PostgreSQL and SQLite alike):
+    # a subquery per row that looked for an earlier or claimed one cost a scan of the contact's
+    # rows for every pending row, most of PostgreSQL's CPU once thousands were pending.
+    p = aliased(WebhookDelivery, name="p")
+    contact = [p.endpoint_id, p.contact_id]
+    ranked = (
+        select(
+            p.id, p.next_attempt_at, p.claimed_until,
+            func.row_number().over(partition_by=contact, order_by=[p.sequence, p.id])
+            .label("rank"),
+            func.max(case((p.claimed_until > now, 1), else_=0)).over(partition_by=contact)
+            .label("busy"),
+        )
+        .where(p.status == PENDING, p.endpoint_id.in_(endpoint_ids))
+        .subquery("ranked")
+    )
+    # Computed once (MATERIALIZED): on a fresh table's stale statistics, PostgreSQL planned the
+    # window inside `IN (...)` once per candidate row, seconds a claim.
+    heads = select(ranked.c.id).where(
+        ranked.c.rank == 1, ranked.c.busy == 0, ranked.c.next_attempt_at <= now,
+    ).cte("heads").prefix_with("MATERIALIZED")
     d = aliased(WebhookDelivery, name="d")
-    e = aliased(WebhookDelivery, name="e")
-    blocked = select(e.id).where(
-        e.endpoint_id == d.endpoint_id, e.contact_id == d.contact_id, e.status == PENDING,
-        e.id != d.id,
-        or_(e.sequence < d.sequence, and_(e.sequence == d.sequence, e.id < d.id),
-            e.claimed_until > now),
-    ).exists()
-    only = [] if endpoint_id is None else [d.endpoint_id == endpoint_id]
+    # The conditions again on the row itself: a row locked after another dispatcher's claim
+    # committed is checked as it is now (READ COMMITTED), and skipped.
     return (
         select(d.id, d.endpoint_id, d.event_id, d.attempts)
+        .join(heads, heads.c.id == d.id)
         .join(WebhookEndpoint, WebhookEndpoint.id == d.endpoint_id)
         .where(
             d.status == PENDING, d.next_attempt_at <= now,
             or_(d.claimed_until.is_(None), d.claimed_until <= now),
-            WebhookEndpoint.enabled.is_(True), ~blocked, *only,
+            WebhookEndpoint.enabled.is_(True),
         )
         .order_by(d.next_attempt_at, d.id)
         .limit(limit)
@@ -79,17 +96,21 @@ def _heads(now: datetime, limit: int, endpoint_id: str | None = None):  # type: 
 def claim_due(session: Session, settings: Settings, now: datetime) -> list[Claim]:
     """Claim the contacts' heads that are due, in tasks of at most `webhook_batch_size`, at
     most `webhook_endpoint_max_tasks` of an endpoint in flight; return the claims."""
-    rows = session.execute(_heads(now, settings.webhook_dispatch_batch)).all()
-    if not rows:
-        return []
     # Tasks, not deliveries, in flight per endpoint: a slow endpoint holds at most that many
-    # pool processes, however its deliveries' retries are spread in time.
+    # pool processes, however its deliveries' retries are spread in time. Counted first, so
+    # that a pass while every endpoint's tasks are busy (most passes under load: a task goes
+    # on with its endpoint's next heads) looks for no heads at all.
     in_flight: dict[str, int] = {row[0]: row[1] for row in session.execute(
         select(WebhookDelivery.endpoint_id, func.count(distinct(WebhookDelivery.claim_token)))
-        .where(WebhookDelivery.status == PENDING, WebhookDelivery.claimed_until > now,
-               WebhookDelivery.endpoint_id.in_({r.endpoint_id for r in rows}))
+        .where(WebhookDelivery.status == PENDING, WebhookDelivery.claimed_until > now)
         .group_by(WebhookDelivery.endpoint_id)
     )}
+    free_endpoints = [endpoint_id for endpoint_id in session.scalars(
+        select(WebhookEndpoint.id).where(WebhookEndpoint.enabled.is_(True))
+    ) if in_flight.get(endpoint_id, 0) < settings.webhook_endpoint_max_tasks]
+    if not free_endpoints:
+        return []
+    rows = session.execute(_heads(now, settings.webhook_dispatch_batch, free_endpoints)).all()
     by_endpoint: dict[str, list[Any]] = {}
     for row in rows:
         by_endpoint.setdefault(row.endpoint_id, []).append(row)
@@ -118,7 +139,7 @@ def claim_more(
     """Claim the endpoint's next due heads for a task that has sent its batch and has time
     left (the same token: still one task in flight); return their ids."""
     ids = [row.id for row in session.execute(
-        _heads(now, settings.webhook_batch_size, endpoint_id)
+        _heads(now, settings.webhook_batch_size, [endpoint_id])
     )]
     if ids:
         session.execute(
@@ -132,10 +153,16 @@ def claim_more(
 
 def release(session: Session, claim: Claim) -> None:
     """Give a claim back at once (its task could not be queued)."""
+    give_back(session, claim.delivery_ids, claim.token)
+
+
+def give_back(session: Session, delivery_ids: list[int], token: str) -> None:
+    """Give back deliveries still held by `token`, unattempted: the next pass hands them out."""
+    if not delivery_ids:
+        return
     session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(claim.delivery_ids),
-               WebhookDelivery.claim_token == claim.token)
+        .where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.claim_token == token)
         .values(claim_token=None, claimed_until=None)
     )
 

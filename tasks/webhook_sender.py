@@ -43,19 +43,41 @@ class Sender:
         self.client = httpx.AsyncClient(
             timeout=settings.webhook_timeout_seconds, follow_redirects=False,
             headers={"user-agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=settings.webhook_batch_size,
-                                max_keepalive_connections=settings.webhook_batch_size),
+            limits=httpx.Limits(max_connections=settings.webhook_connections,
+                                max_keepalive_connections=settings.webhook_connections),
         )
+        # No more requests in the pool than connections: httpcore looks over every queued
+        # request and every connection at each request's turn, so a queue costs CPU.
+        self.slots = asyncio.Semaphore(settings.webhook_connections)
         self.timeout = settings.webhook_timeout_seconds
 
-    def send(self, url: str, signer: Signer, deliveries: list[Outgoing]) -> list[Sent]:
-        """POST each delivery to `url` at once; return each one's outcome."""
-        return self.loop.run_until_complete(self._send_all(url, signer, deliveries))
+    def send(self, url: str, signer: Signer,
+             deliveries: list[Outgoing]) -> tuple[list[Sent], list[Outgoing]]:
+        """POST the deliveries to `url`, `webhook_connections` at a time; return each sent
+        one's outcome, and those not started within the timeout (not attempted).
 
-    async def _send_all(self, url: str, signer: Signer, deliveries: list[Outgoing]) -> list[Sent]:
-        return list(await asyncio.gather(*(self._post(url, signer, d) for d in deliveries)))
+        A batch so ends within twice the timeout, as the lease's check in settings assumes,
+        however slowly the receiver answers: what it could not take is claimed again.
+        """
+        outcomes = self.loop.run_until_complete(self._send_all(url, signer, deliveries))
+        sent = [o for o in outcomes if o is not None]
+        return sent, [d for d, o in zip(deliveries, outcomes, strict=True) if o is None]
 
-    async def _post(self, url: str, signer: Signer, delivery: Outgoing) -> Sent:
+    async def _send_all(self, url: str, signer: Signer,
+                        deliveries: list[Outgoing]) -> list[Sent | None]:
+        start_by = time.monotonic() + self.timeout
+        return list(await asyncio.gather(
+            *(self._post(url, signer, d, start_by) for d in deliveries)
+        ))
+
+    async def _post(self, url: str, signer: Signer, delivery: Outgoing,
+                    start_by: float) -> Sent | None:
+        async with self.slots:
+            if time.monotonic() > start_by:
+                return None
+            return await self._post_now(url, signer, delivery)
+
+    async def _post_now(self, url: str, signer: Signer, delivery: Outgoing) -> Sent:
         body = delivery.payload.encode()
         at = utcnow()
         headers = signer.headers(delivery.event_id, body, at)
@@ -80,6 +102,12 @@ class Sender:
             error = _transport_error(exc)
         duration_ms = round((time.perf_counter() - started) * 1000)
         return Sent(delivery, at, duration_ms, status, error)
+
+
+    def close(self) -> None:
+        """Close the connections and the loop (a test's sender; a worker's lives with it)."""
+        self.loop.run_until_complete(self.client.aclose())
+        self.loop.close()
 
 
 def _status_error(status: int) -> str:

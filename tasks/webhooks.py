@@ -16,7 +16,7 @@ from celery import Task
 from contactsync import names
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
-from contactsync.webhook_claims import Batch, Claim, claim_more, load_claimed
+from contactsync.webhook_claims import Batch, Claim, Outgoing, claim_more, give_back, load_claimed
 from contactsync.webhook_outcomes import Recorded, Result, record_results
 from contactsync.webhook_secrets import signing_secrets
 from contactsync.webhook_signing import Signer
@@ -62,7 +62,7 @@ def deliver_webhooks(
 def _deliver(runtime: Runtime, batch: Batch, token: str) -> Recorded:
     """Send one batch and record its attempts."""
     settings = runtime.settings
-    sent = _send(batch, settings)
+    sent, unsent = _send(batch, settings)
     now = utcnow()
     results = [Result(
         s.delivery.delivery_id, s.delivery.event_id, s.attempted_at, s.duration_ms,
@@ -74,13 +74,14 @@ def _deliver(runtime: Runtime, batch: Batch, token: str) -> Recorded:
     ) for s in sent]
     with runtime.db.unit_of_work() as session:
         recorded = record_results(session, batch.endpoint.id, token, results, settings, now)
+        give_back(session, [d.delivery_id for d in unsent], token)
     metrics.record_deliveries(
         recorded, {d.delivery_id: d.occurred_at for d in batch.deliveries}, now
     )
     return recorded
 
 
-def _send(batch: Batch, settings: Settings) -> list[Sent]:
+def _send(batch: Batch, settings: Settings) -> tuple[list[Sent], list[Outgoing]]:
     endpoint = batch.endpoint
     now = utcnow()
     try:
@@ -88,7 +89,7 @@ def _send(batch: Batch, settings: Settings) -> list[Sent]:
         check_url(endpoint.url, allow_insecure=settings.webhooks_allow_insecure)
     except UnsafeWebhookUrl as exc:
         error = f"refused, not sent: {exc.reason}"
-        return [Sent(d, now, 0, None, error) for d in batch.deliveries]
+        return [Sent(d, now, 0, None, error) for d in batch.deliveries], []
     signer = Signer(signing_secrets(endpoint, now, settings))
     return get_sender(settings).send(endpoint.url, signer, batch.deliveries)
 
