@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from pydantic import SecretStr
 from redis import Redis
 from sqlalchemy import delete
 
@@ -37,7 +38,7 @@ from tests.support import (
     wait_for_worker,
     wait_until,
 )
-from tests.webhook_support import webhook_env
+from tests.webhook_support import SECRET_KEY, webhook_env
 
 PG_ADMIN_URL = os.environ.get(
     "CONTACTSYNC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test"
@@ -248,7 +249,12 @@ def running_stack(
     gateway = start_gateway(env, port, logs / "gateway.log")
     wait_for_worker(worker)
     _worker_running.append(True)
-    yield Stack(f"http://127.0.0.1:{port}", settings, database, redis_client, worker, gateway)
+    # The stack's own settings: what the test reads (say, a sealed webhook secret) was written
+    # under them.
+    stack_settings = settings.model_copy(update={"webhook_secret_key": SecretStr(SECRET_KEY)})
+    yield Stack(
+        f"http://127.0.0.1:{port}", stack_settings, database, redis_client, worker, gateway
+    )
     _worker_running.clear()
     gateway.stop()
     worker.stop()
