@@ -184,14 +184,19 @@ def backlog_seen(base_url: str) -> float:
     return value(scraped, "contactsync_gateway_backlog_updates")
 
 
+def backlog_env(limit: int) -> dict[str, str]:
+    """A gateway's settings for a backlog of `limit` updates, refreshed every 50 ms."""
+    return {"CONTACTSYNC_MAX_BACKLOG": str(limit), "CONTACTSYNC_MAX_ACCOUNT_BACKLOG": "100",
+            "CONTACTSYNC_BACKLOG_REFRESH_SECONDS": "0.05"}
+
+
 def test_over_the_backlog_new_updates_get_503_and_nothing_queued_is_dropped(
     stack: Stack, tmp_path: Path
 ) -> None:
     only_on_sqlite(stack)
     tenant = new_tenant(stack, "acme")
     contact_id = make_contact(stack.db, tenant.account_id, position="Intern")
-    env = {"CONTACTSYNC_MAX_BACKLOG": "3", "CONTACTSYNC_MAX_ACCOUNT_BACKLOG": "100",
-           "CONTACTSYNC_BACKLOG_REFRESH_SECONDS": "0.05"}
+    env = backlog_env(3)
     with extra_gateway(stack, tmp_path, idle=True, **env) as idle:
         client = httpx.Client(base_url=idle.base_url, headers={"X-API-Key": tenant.key})
         with client:
@@ -238,8 +243,7 @@ def test_over_the_backlog_a_request_replayed_by_its_idempotency_key_gets_its_fir
     only_on_sqlite(stack)
     tenant = new_tenant(stack, "acme")
     contact_ids = [make_contact(stack.db, tenant.account_id) for _ in range(2)]
-    env = {"CONTACTSYNC_MAX_BACKLOG": "1", "CONTACTSYNC_MAX_ACCOUNT_BACKLOG": "100",
-           "CONTACTSYNC_BACKLOG_REFRESH_SECONDS": "0.05"}
+    env = backlog_env(1)
     with extra_gateway(stack, tmp_path, idle=True, **env) as idle:
         client = httpx.Client(base_url=idle.base_url, headers={"X-API-Key": tenant.key})
         with client:
@@ -273,8 +277,7 @@ def test_the_backlog_counts_updates_not_messages(stack: Stack, tmp_path: Path) -
     only_on_sqlite(stack)
     tenant = new_tenant(stack, "acme")
     contact_ids = [make_contact(stack.db, tenant.account_id) for _ in range(5)]
-    env = {"CONTACTSYNC_MAX_BACKLOG": "4", "CONTACTSYNC_MAX_ACCOUNT_BACKLOG": "100",
-           "CONTACTSYNC_BACKLOG_REFRESH_SECONDS": "0.05"}
+    env = backlog_env(4)
     with extra_gateway(stack, tmp_path, idle=True, **env) as idle:
         client = httpx.Client(base_url=idle.base_url, headers={"X-API-Key": tenant.key})
         with client:
