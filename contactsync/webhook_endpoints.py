@@ -156,10 +156,13 @@ def replay(session: Session, endpoint: WebhookEndpoint, since: datetime, now: da
     )
     statement = statement.on_conflict_do_update(
         index_elements=["endpoint_id", "event_id"],
-        # A claim in flight is left alone: its task records its attempt, then the delivery
-        # is done or due again; the retry window restarts from its next first attempt.
+        # A claim in flight is dropped: were its task to record its success, the replay
+        # would be lost (seen in tests/e2e/test_webhooks.py). That task's answer is then not
+        # recorded, and the delivery goes out again; the receiver dedupes by webhook-id. The
+        # retry window restarts from the next first attempt.
         set_={"status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
-              "finished_at": None, "first_attempt_at": None},
+              "finished_at": None, "first_attempt_at": None, "claim_token": None,
+              "claimed_until": None},
     )
     # Counted from RETURNING: psycopg's rowcount of an INSERT … SELECT upsert is -1.
     return len(session.execute(statement.returning(WebhookDelivery.id)).all())
