@@ -25,6 +25,8 @@ from tests.webhook_support import (
     webhook_env,
 )
 
+pytestmark = pytest.mark.slow  # a receiver and delivery workers of its own
+
 WORKER_ENV = {
     # Every worker runs a relay that fans events out: each must see a new endpoint at once,
     # as the stack's own worker does (its first event is otherwise missed by up to 1 s).

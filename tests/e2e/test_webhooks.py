@@ -31,6 +31,8 @@ from tests.webhook_support import (
     webhook_env,
 )
 
+pytestmark = pytest.mark.slow  # a receiver and delivery workers of its own
+
 # Short enough for a test, long enough for a busy machine: retries within a second.
 WORKER_ENV = {
     # Every worker runs a relay that fans events out: each must see a new endpoint at once,

@@ -16,6 +16,8 @@ from contactsync.webhook_secrets import unseal
 from tests.conftest import make_tenant
 from tests.support import ROOT, service_env
 
+pytestmark = pytest.mark.slow  # a CLI process per step
+
 URL = "https://93.184.216.34/hook"
 
 

@@ -15,6 +15,8 @@ from contactsync.webhook_signing import Signer
 from tasks.webhook_sender import Sender, Sent
 from tests.webhook_support import Receiver
 
+pytestmark = pytest.mark.slow  # a receiver of its own, and waits out its timeouts
+
 
 @pytest.fixture()
 def receiver(tmp_path: Path) -> Iterator[Receiver]:
