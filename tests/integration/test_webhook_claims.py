@@ -3,7 +3,7 @@ which deliveries a dispatcher may hand out, what retention deletes."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import orjson
 from redis import Redis
@@ -28,9 +28,11 @@ def event(account_id: str, contact_id: str, sequence: int, kind: str = "contact.
     }).decode()
 
 
-def fanned(db: Database, payloads: list[str]) -> int:
+def fanned(db: Database, payloads: list[str], now: datetime | None = None) -> int:
     with db.unit_of_work() as session:
-        return fan_out(session, payloads, EndpointDirectory(ttl=0).get(session), utcnow())
+        return fan_out(
+            session, payloads, EndpointDirectory(ttl=0).get(session), now or utcnow()
+        )
 
 
 def test_fan_out_follows_accounts_types_and_enabled(
@@ -58,9 +60,11 @@ def test_only_a_contacts_head_is_claimed_and_only_once(
 ) -> None:
     acme = make_tenant(db, "acme")
     endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    # An hour ahead: a running worker's relay (another test's stack, on the same database)
+    # dispatches what is due now, and would claim these first.
+    now = utcnow() + timedelta(hours=1)
     fanned(db, [event(acme.account_id, c, s) for c, s in
-                (("cnt_1", 20), ("cnt_1", 10), ("cnt_2", 30), ("cnt_1", 40))])
-    now = utcnow() + timedelta(seconds=1)
+                (("cnt_1", 20), ("cnt_1", 10), ("cnt_2", 30), ("cnt_1", 40))], now)
     with db.unit_of_work() as session:
         (claim,) = claim_due(session, settings, now)
     heads = {d.id: d for d in deliveries(db, endpoint_id)}
@@ -80,7 +84,9 @@ def test_retention_keeps_what_is_pending_and_recent(
 ) -> None:
     acme = make_tenant(db, "acme")
     endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
-    fanned(db, [event(acme.account_id, "cnt_1", s) for s in (1, 2, 3)])
+    # Due only in an hour, so that no running relay sends them meanwhile.
+    fanned(db, [event(acme.account_id, "cnt_1", s) for s in (1, 2, 3)],
+           utcnow() + timedelta(hours=1))
     old = utcnow() - timedelta(days=settings.webhook_event_retention_days + 1)
     first, second, _ = deliveries(db, endpoint_id)
     with db.unit_of_work() as session:
