@@ -149,9 +149,14 @@ def worker_sigkill(run: Run) -> None:
         frozen = run.stack.freeze_pool("w1")
         assert frozen, "found no pool process of worker w1 to stop"
         # Messages keep arriving while the load runs (a few seconds more); on a loaded machine
-        # the first may take a while to reach the worker.
+        # the first may take a while to reach the worker. Any `unacked` entry is not enough:
+        # it may be another task's, or one a pool process finished just before it stopped.
+        def holds_an_update() -> bool:
+            held, vanished = held_updates(redis)
+            return len(held) > vanished
+
         try:
-            wait_until(lambda: redis.hlen("unacked") > 0 or None, timeout=60, interval=0.01)
+            wait_until(holds_an_update, timeout=60, interval=0.02)
         except AssertionError:
             raise AssertionError(
                 f"worker w1 ({frozen} pool processes stopped) took no message in 60 s; load "
