@@ -8,8 +8,10 @@ answer reached the process; the worker logs, per update, its task's time and the
 from the flush (INFO, JSON). It prints each stage's p50, p99 and max, and for the requests of
 the slowest 1 %, the stage that took longest.
 
-`--variant NAME=VALUE,...` runs the gateway and worker with settings of their own (say
-`CONTACTSYNC_PUBLISH_WAIT_LINGER_MS=2`); `--runs 3` repeats the load. The notes cost each
+`--burst 10` first drives ten seconds of async PUTs at full rate, as section (d) does before
+its latency load, and waits until they are applied. `--variant NAME=VALUE,...` runs the
+gateway and worker with settings of their own (say `CONTACTSYNC_PUBLISH_WAIT_LINGER_MS=2`);
+`--runs 3` repeats the load. The notes cost each
 request a few microseconds and a write(2); they are for finding the tail, not a figure to
 quote against section (d)'s.
 """
@@ -159,6 +161,16 @@ def _report(stages: dict[str, dict[str, float]]) -> None:
     print(f"  of which lingered 5x for a backlog: {backlog:.0f}")
 
 
+def _burst(url: str, key: str, contacts: int, seconds: float, settings: Settings) -> None:
+    from bench.runs import _applied, _wait_until
+
+    before = _applied(settings)
+    result = load.wrk(url, key, contacts, seconds, first=before)
+    _wait_until(lambda: _applied(settings) >= before + result.requests - result.non_2xx,
+                "the burst")
+    print(f"burst: {result.requests} async PUTs in {seconds:.0f} s, all applied", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tail", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10)
@@ -166,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=2 * (os.cpu_count() or 1))
+    parser.add_argument("--burst", type=float, default=0,
+                        help="seconds of full-rate async PUTs before each run, as in (d)")
     parser.add_argument("--variant", default="", help="NAME=VALUE,... for gateway and worker")
     args = parser.parse_args(argv)
     extra = dict(e.split("=", 1) for e in args.variant.split(",") if e)
@@ -194,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"http://127.0.0.1:{port}/external/v1/contacts/{ids[0]}", json={"company": "w"},
                 headers={"X-API-Key": key}, timeout=30).status_code == 200, "worker", 300)
             for run in range(args.runs):
+                if args.burst:
+                    _burst(f"http://127.0.0.1:{port}", key, len(ids), args.burst, settings)
                 since = time.time() + min(2, args.seconds)  # after the warm-up
                 result = load.open_loop(port, args.rate, args.seconds, requests,
                                         warmup=min(2, args.seconds))
