@@ -11,7 +11,10 @@ the slowest 1 %, the stage that took longest.
 `--burst 10` first drives ten seconds of async PUTs at full rate, as section (d) does before
 its latency load, and waits until they are applied. `--variant NAME=VALUE,...` runs the
 gateway and worker with settings of their own (say `CONTACTSYNC_PUBLISH_WAIT_LINGER_MS=2`);
-`--runs 3` repeats the load. The notes cost each
+`--runs 3` repeats the load. Meanwhile PostgreSQL's activity is sampled every 20 ms (a
+checkpoint writing, an autovacuum worker in this database, what its client backends wait on),
+and what was seen while the slowest 1 % were in flight is printed beside how often it was seen
+at all. The notes cost each
 request a few microseconds and a write(2); they are for finding the tail, not a figure to
 quote against section (d)'s.
 """
@@ -23,12 +26,14 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 from bench import load, services
 from contactsync.settings import Settings
@@ -94,6 +99,58 @@ def _serve(argv: list[str]) -> int:
     return cli_services.gateway(args)
 
 
+class ActivitySampler:
+    """What PostgreSQL is doing, every 20 ms: labels per sample, with its time."""
+
+    QUERY = """
+        SELECT backend_type, datname = current_database(), state, wait_event_type, wait_event
+        FROM pg_stat_activity WHERE pid <> pg_backend_pid()
+    """
+
+    def __init__(self, url: str) -> None:
+        self.samples: list[tuple[float, set[str]]] = []
+        self._url = url.replace("postgresql+psycopg://", "postgresql://")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pg-sampler")
+        self._thread.start()
+
+    def _run(self) -> None:
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            while not self._stop.wait(0.02):
+                labels: set[str] = set()
+                for kind, ours, state, wait_type, wait in conn.execute(self.QUERY):
+                    if kind == "checkpointer" and wait != "CheckpointerMain":
+                        labels.add(f"checkpointer {wait or 'on CPU'}")
+                    elif kind == "autovacuum worker" and ours:
+                        labels.add("autovacuum in this database")
+                    elif kind == "client backend" and ours and state == "active":
+                        labels.add(f"a backend waiting on {wait_type}:{wait}" if wait
+                                   else "a backend on CPU")
+                    elif kind == "client backend" and ours and state == "idle in transaction":
+                        labels.add("a backend idle in transaction")
+                self.samples.append((time.time(), labels))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self, windows: list[tuple[float, float]], since: float) -> None:
+        """Print how often each label was seen during `windows`, beside since `since`."""
+        run = [labels for t, labels in self.samples if t >= since]
+        inside = [labels for t, labels in self.samples if t >= since and any(
+            start <= t <= end for start, end in windows)]
+        if not run or not inside:
+            print("  PostgreSQL sampled: too few samples")
+            return
+        seen = Counter(label for labels in inside for label in labels)
+        overall = Counter(label for labels in run for label in labels)
+        print(f"  PostgreSQL while the slowest 1 % were in flight ({len(inside)} samples; "
+              f"in the whole run, {len(run)}):")
+        for label, count in seen.most_common(8):
+            print(f"    {label:50s} {100 * count / len(inside):5.1f} %  "
+                  f"(whole run {100 * overall[label] / len(run):5.1f} %)")
+
+
 def _quantiles(values: list[float]) -> str:
     if not values:
         return "-"
@@ -139,15 +196,18 @@ def _stages(trace_dir: Path, worker_log: Path, since: float) -> dict[str, dict[s
             "worker task (whole message)": task,
             "answer reaching the gateway": (answered[update_id] - flush_at) * 1000 - lag,
             "in the gateway, handed over to answered": (answered[update_id] - t) * 1000,
+            "_from": t,
+            "_until": answered[update_id],
         }
     return stages
 
 
-def _report(stages: dict[str, dict[str, float]]) -> None:
+def _report(stages: dict[str, dict[str, float]], sampler: ActivitySampler, since: float) -> None:
     if not stages:
         print("  no update traced")
         return
-    names = [n for n in next(iter(stages.values())) if n != "lingered 5x (backlog)"]
+    names = [n for n in next(iter(stages.values()))
+             if n != "lingered 5x (backlog)" and not n.startswith("_")]
     for name in names:
         print(f"  {name:42s} {_quantiles([s[name] for s in stages.values()])}")
     lingered = sum(s["lingered 5x (backlog)"] for s in stages.values())
@@ -159,6 +219,7 @@ def _report(stages: dict[str, dict[str, float]]) -> None:
         f"{name} {count}" for name, count in worst.most_common()))
     backlog = sum(s["lingered 5x (backlog)"] for s in slow)
     print(f"  of which lingered 5x for a backlog: {backlog:.0f}")
+    sampler.report([(s["_from"], s["_until"]) for s in slow], since)
 
 
 def _burst(url: str, key: str, contacts: int, seconds: float, settings: Settings) -> None:
@@ -201,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_env = {**env, "CONTACTSYNC_LOG_LEVEL": "INFO", "CONTACTSYNC_LOG_FORMAT": "json"}
         worker = services.start_worker(worker_env, args.concurrency, workdir)
         requests = load.put_request(key, len(ids))
+        sampler = ActivitySampler(url)
         try:
             # A worker starting on a busy machine takes seconds: load before it consumes would
             # measure its start, not the tail.
@@ -218,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{dict(sorted(result.statuses.items()))}; generator late by "
                       f"{result.late_p99_ms:.1f} ms at p99", flush=True)
                 time.sleep(0.5)  # the last answers' notes reach their files
-                _report(_stages(trace_dir, workdir / "worker.log", since))
+                _report(_stages(trace_dir, workdir / "worker.log", since), sampler, since)
         finally:
+            sampler.stop()
             worker.stop()
             gateway.stop()
     return 0
