@@ -1,5 +1,5 @@
-"""Helpers of the webhook tests: endpoints inserted as the store makes them, and a receiver
-process (tests/webhook_receiver.py) that records what it is sent."""
+"""Helpers of the webhook tests: endpoints inserted as the store makes them, a receiver
+process (tests/webhook_receiver.py) that records what it is sent, and delivery workers."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from contactsync.models import Account, WebhookAttempt, WebhookDelivery, Webhook
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
 from contactsync.webhook_secrets import new_secret, seal
-from tests.support import ROOT, Process, free_port, wait_until
+from tests.support import ROOT, Process, free_port, service_env, wait_until, worker_args
 
 ALL_EVENTS = ["contact.updated", "contact.created", "contact.deleted"]
 # Fixed for the tests: the test process and the workers it starts seal and unseal alike.
@@ -36,6 +36,45 @@ def webhook_settings(settings: Settings, **extra: Any) -> Settings:
 def webhook_env() -> dict[str, str]:
     """Return the environment a worker under test needs to deliver webhooks."""
     return {"CONTACTSYNC_WEBHOOK_SECRET_KEY": SECRET_KEY}
+
+
+def start_delivery_workers(
+    settings: Settings, logs: Path, name: str, count: int = 1, *, allow_insecure: bool,
+    retry_for_seconds: float | None = None, disable_after_seconds: float | None = None,
+    each: list[dict[str, str]] | None = None, **extra: str,
+) -> list[Process]:
+    """Start `count` delivery workers (two pool processes each, the webhooks queue only) with
+    timeouts and retries of a second, wait until each is ready, and return them. `each`: the
+    environment of each worker on top (a metrics port, say); `extra`: of all of them."""
+    env = service_env(
+        settings.database_url, settings.redis_url, **webhook_env(),
+        # Every worker runs a relay that fans events out: each must see a new endpoint at once,
+        # as the stack's own worker does (its first event is otherwise missed by up to 1 s).
+        CONTACTSYNC_WEBHOOK_ENDPOINTS_CACHE_SECONDS="0",
+        # Short enough for a test, long enough for a busy machine: retries within a second.
+        CONTACTSYNC_WEBHOOKS_ALLOW_INSECURE=str(allow_insecure).lower(),
+        CONTACTSYNC_WEBHOOK_TIMEOUT_SECONDS="1",
+        CONTACTSYNC_WEBHOOK_RETRY_BASE_SECONDS="0.2",
+        CONTACTSYNC_WEBHOOK_RETRY_MAX_SECONDS="0.5",
+        **({"CONTACTSYNC_WEBHOOK_RETRY_FOR_SECONDS": str(retry_for_seconds)}
+           if retry_for_seconds is not None else {}),
+        **({"CONTACTSYNC_WEBHOOK_DISABLE_AFTER_SECONDS": str(disable_after_seconds)}
+           if disable_after_seconds is not None else {}),
+        **extra,
+    )
+    workers = [
+        Process(worker_args(f"{name}-{i}", concurrency=2, queues="webhooks"),
+                {**env, **(each[i] if each else {})}, logs / f"{name}-{i}.log")
+        for i in range(count)
+    ]
+    try:
+        for worker in workers:
+            wait_until(lambda w=worker: "ready." in w.log(), timeout=60)
+    except AssertionError:
+        for worker in workers:
+            worker.stop()
+        raise
+    return workers
 
 
 def make_endpoint(
