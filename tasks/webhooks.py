@@ -47,6 +47,10 @@ def deliver_webhooks(
             if batch is not None:
                 session.expunge(batch.endpoint)
         if batch is None:  # delivered, claimed again after the lease, or the endpoint is off
+            # Off: what the claim holds is given back, not left looking in flight until the
+            # lease ends (a test that waited for it after disabling the endpoint timed out).
+            with runtime.db.unit_of_work() as session:
+                give_back(session, delivery_ids, token)
             break
         recorded = _deliver(runtime, batch, token)
         for outcome, results in (("succeeded", recorded.succeeded),
