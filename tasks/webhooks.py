@@ -17,6 +17,7 @@ from contactsync import names
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
 from contactsync.webhook_claims import Batch, Claim, Outgoing, claim_more, give_back, load_claimed
+from contactsync.webhook_endpoints import announce_change
 from contactsync.webhook_outcomes import Recorded, Result, record_results
 from contactsync.webhook_secrets import signing_secrets
 from contactsync.webhook_signing import Signer
@@ -79,6 +80,8 @@ def _deliver(runtime: Runtime, batch: Batch, token: str) -> Recorded:
     with runtime.db.unit_of_work() as session:
         recorded = record_results(session, batch.endpoint.id, token, results, settings, now)
         give_back(session, [d.delivery_id for d in unsent], token)
+    if recorded.disabled_reason is not None:  # the relays stop fanning events out to it
+        announce_change(runtime.redis)
     metrics.record_deliveries(
         recorded, {d.delivery_id: d.occurred_at for d in batch.deliveries}, now
     )

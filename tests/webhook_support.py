@@ -11,12 +11,14 @@ from typing import Any
 
 import httpx
 from pydantic import SecretStr
+from redis import Redis
 from sqlalchemy import select
 
 from contactsync.db import Database
 from contactsync.models import Account, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
+from contactsync.webhook_endpoints import announce_change
 from contactsync.webhook_secrets import new_secret, seal
 from tests.support import ROOT, Process, free_port, service_env, wait_until, worker_args
 
@@ -45,23 +47,21 @@ def start_delivery_workers(
 ) -> list[Process]:
     """Start `count` delivery workers (two pool processes each, the webhooks queue only) with
     timeouts and retries of a second, wait until each is ready, and return them. `each`: the
-    environment of each worker on top (a metrics port, say); `extra`: of all of them."""
-    env = service_env(
-        settings.database_url, settings.redis_url, **webhook_env(),
-        # Every worker runs a relay that fans events out: each must see a new endpoint at once,
-        # as the stack's own worker does (its first event is otherwise missed by up to 1 s).
-        CONTACTSYNC_WEBHOOK_ENDPOINTS_CACHE_SECONDS="0",
+    environment of each worker on top (a metrics port, say); `extra`: of all of them, over
+    these defaults."""
+    env = service_env(settings.database_url, settings.redis_url, **{
+        **webhook_env(),
         # Short enough for a test, long enough for a busy machine: retries within a second.
-        CONTACTSYNC_WEBHOOKS_ALLOW_INSECURE=str(allow_insecure).lower(),
-        CONTACTSYNC_WEBHOOK_TIMEOUT_SECONDS="1",
-        CONTACTSYNC_WEBHOOK_RETRY_BASE_SECONDS="0.2",
-        CONTACTSYNC_WEBHOOK_RETRY_MAX_SECONDS="0.5",
+        "CONTACTSYNC_WEBHOOKS_ALLOW_INSECURE": str(allow_insecure).lower(),
+        "CONTACTSYNC_WEBHOOK_TIMEOUT_SECONDS": "1",
+        "CONTACTSYNC_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
+        "CONTACTSYNC_WEBHOOK_RETRY_MAX_SECONDS": "0.5",
         **({"CONTACTSYNC_WEBHOOK_RETRY_FOR_SECONDS": str(retry_for_seconds)}
            if retry_for_seconds is not None else {}),
         **({"CONTACTSYNC_WEBHOOK_DISABLE_AFTER_SECONDS": str(disable_after_seconds)}
            if disable_after_seconds is not None else {}),
         **extra,
-    )
+    })
     workers = [
         Process(worker_args(f"{name}-{i}", concurrency=2, queues="webhooks"),
                 {**env, **(each[i] if each else {})}, logs / f"{name}-{i}.log")
@@ -81,7 +81,8 @@ def make_endpoint(
     db: Database, settings: Settings, account_id: str, url: str,
     events: list[str] | None = None, enabled: bool = True,
 ) -> tuple[str, str]:
-    """Insert an endpoint as the store does; return its id and its (plain) secret."""
+    """Insert an endpoint as the store does, and tell the relays as it does; return its id and
+    its (plain) secret."""
     secret = new_secret()
     now = utcnow()
     endpoint_id = f"whk_test{next(_endpoints):08d}"
@@ -93,6 +94,11 @@ def make_endpoint(
             secret_ciphertext=seal(secret, webhook_settings(settings)),
             created_at=now, updated_at=now,
         ))
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        announce_change(redis)
+    finally:
+        redis.close()
     return endpoint_id, secret
 
 
