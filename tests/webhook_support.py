@@ -127,7 +127,8 @@ def endpoint(db: Database, endpoint_id: str) -> WebhookEndpoint:
 
 class Receiver:
     """A receiver process on a free loopback port: each request it gets is a JSON line in
-    `record` (path, headers, body); `/status/<code>` answers that code, `/sleep/<s>` sleeps."""
+    `record` (path, headers, body); `/status/<code>` answers that code, `/sleep/<s>` sleeps,
+    `/hold/...` waits for `release()`."""
 
     def __init__(self, tmp: Path, name: str = "receiver") -> None:
         self.port = free_port()
@@ -150,6 +151,10 @@ class Receiver:
         lines = self.record.read_text().splitlines()
         got = [json.loads(line) for line in lines if line.strip()]
         return [r for r in got if path is None or r["path"] == path]
+
+    def release(self) -> None:
+        """Answer the requests held on `/hold/...` paths, and from now on at once."""
+        Path(f"{self.record}.release").touch()
 
     def stop(self) -> None:
         self.process.stop(5)
