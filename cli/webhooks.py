@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from redis import Redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -17,6 +18,7 @@ from contactsync.models import Account
 from contactsync.settings import Settings, get_settings
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.webhook_endpoints import (
+    announce_change,
     create_endpoint,
     delete_endpoint,
     get_endpoint,
@@ -77,6 +79,15 @@ def _session(write: bool) -> Iterator[tuple[Session, Settings]]:
         db.dispose()
 
 
+def _announce(settings: Settings) -> None:
+    """Tell the relays of a committed change (a warning, not a failure, if Redis is down)."""
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        announce_change(redis)
+    finally:
+        redis.close()
+
+
 def _valid(model: type[B], body: dict[str, object]) -> B:
     try:
         return parse_webhook_body(model, body)
@@ -104,6 +115,7 @@ def add_endpoint(args: argparse.Namespace) -> int:
         print(f"url: {endpoint.url}")
         print(f"events: {' '.join(endpoint.events)}")
         print("this signing secret is shown once; store it now:")
+    _announce(settings)
     print(secret)
     return 0
 
@@ -122,9 +134,10 @@ def list_all(args: argparse.Namespace) -> int:
 
 
 def remove_endpoint(args: argparse.Namespace) -> int:
-    with _session(write=True) as (session, _):
+    with _session(write=True) as (session, settings):
         if not delete_endpoint(session, None, args.id):
             raise _no_such(args.id)
+    _announce(settings)
     print(f"removed {args.id}")
     return 0
 

@@ -14,6 +14,11 @@ WEBHOOKS_QUEUE = "webhooks"
 DELIVER_WEBHOOKS_TASK = "contactsync.deliver_webhooks"
 # Lock key: one relay at a time prunes old webhook events and deliveries.
 WEBHOOK_PRUNE_LOCK_KEY = "contactsync:webhooks:prune-lock"
+# Version of the webhook endpoints: a new random value once an endpoint is created, changed,
+# disabled, removed or its secret rotated. A relay trusts its cached list of endpoints while
+# this reads as when it read the list (contactsync/webhook_fanout.py). Random, not a counter:
+# a Redis that lost its data and counted again could come back to the version a relay holds.
+WEBHOOK_ENDPOINTS_VERSION_KEY = "contactsync:webhooks:endpoints-version"
 
 # Counter behind update sequence numbers (a floor of Redis server time in microseconds).
 SEQUENCE_KEY = "contactsync:sequence"

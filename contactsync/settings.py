@@ -185,8 +185,9 @@ class Settings(BaseSettings):
         "delivery tasks wait in the webhooks queue (no delivery worker running, say)"
     )
     webhook_endpoints_cache_seconds: float = Field(
-        default=1.0, ge=0, le=60, description="how long the relay trusts its list of enabled "
-        "endpoints (a new endpoint gets events from at most this long after it is made)"
+        default=1.0, ge=0, le=60, description="the longest the relay trusts its list of "
+        "enabled endpoints; a change is seen at once, unless Redis could not be told of it "
+        "(then within this)"
     )
     webhook_event_retention_days: float = Field(
         default=7.0, gt=0, description="events and finished deliveries are kept this long, "

@@ -1,25 +1,33 @@
 """Webhook endpoints of an account: register, read, change, remove, rotate, replay.
 
 The rules every caller (the API, the CLI) shares: the URL passes `check_url`, the secret is
-shown once and stored sealed, a re-enabled endpoint starts with a clean record.
+shown once and stored sealed, a re-enabled endpoint starts with a clean record, and once a
+change is committed, `announce_change` tells the relays (their list of endpoints is cached).
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from redis import Redis, RedisError
+from redis.asyncio import Redis as AsyncRedis
 from sqlalchemy import and_, delete, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from contactsync import names
 from contactsync.ids import new_webhook_id
 from contactsync.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from contactsync.settings import Settings
 from contactsync.timeutil import isoformat
 from contactsync.webhook_secrets import ROTATION_OVERLAP, new_secret, seal
 from contactsync.webhook_urls import check_url
+
+log = logging.getLogger("contactsync.webhooks")
 
 MANUALLY_DISABLED = "disabled by its account"
 
@@ -166,6 +174,29 @@ def replay(session: Session, endpoint: WebhookEndpoint, since: datetime, now: da
     )
     # Counted from RETURNING: psycopg's rowcount of an INSERT … SELECT upsert is -1.
     return len(session.execute(statement.returning(WebhookDelivery.id)).all())
+
+
+def announce_change(redis: Redis) -> None:
+    """Tell the relays that the endpoints changed; call it once the change is committed."""
+    try:
+        redis.set(names.WEBHOOK_ENDPOINTS_VERSION_KEY, secrets.token_hex(8))
+    except RedisError as exc:
+        _not_announced(exc)
+
+
+async def announce_change_async(redis: AsyncRedis) -> None:
+    """Tell the relays that the endpoints changed, from an event loop (the gateway's)."""
+    try:
+        await redis.set(names.WEBHOOK_ENDPOINTS_VERSION_KEY, secrets.token_hex(8))
+    except RedisError as exc:
+        _not_announced(exc)
+
+
+def _not_announced(exc: RedisError) -> None:
+    # The change is committed all the same, and not lost: a relay reads the endpoints again
+    # at least every CONTACTSYNC_WEBHOOK_ENDPOINTS_CACHE_SECONDS, version or not.
+    log.warning("webhook endpoints changed but Redis could not be told (%s): relays see the "
+                "change within their cache's seconds", type(exc).__name__)
 
 
 def endpoint_to_dict(endpoint: WebhookEndpoint) -> dict[str, Any]:

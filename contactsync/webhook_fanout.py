@@ -15,9 +15,11 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from redis import Redis, RedisError
 from sqlalchemy import Connection, Table, select
 from sqlalchemy.orm import Session
 
+from contactsync import names
 from contactsync.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from contactsync.row_batches import RowInsert
 from contactsync.timeutil import parse_iso
@@ -40,16 +42,27 @@ class Subscriber:
 
 
 class EndpointDirectory:
-    """Which accounts have enabled endpoints, and which events each wants; read at most once
-    per `ttl` seconds (one relay's cache: a new endpoint misses at most `ttl` of events)."""
+    """Which accounts have enabled endpoints, and which events each wants; one relay's cache.
 
-    def __init__(self, ttl: float) -> None:
+    Read again when the endpoints' version in Redis (names.WEBHOOK_ENDPOINTS_VERSION_KEY, set
+    by the store after each change) is not the one read with the list: a new endpoint gets the
+    next event. And at least every `ttl` seconds, whatever the version says: a change whose
+    version could not be set (Redis down at the time) is seen within `ttl`. Without `redis`,
+    `ttl` alone."""
+
+    def __init__(self, ttl: float, redis: Redis | None = None) -> None:
         self._ttl = ttl
+        self._redis = redis
         self._read_at = -float("inf")
+        self._version: object = None
         self._by_account: dict[str, list[Subscriber]] = {}
 
     def get(self, session: Session) -> dict[str, list[Subscriber]]:
-        if time.monotonic() - self._read_at >= self._ttl:
+        # The version before the list: a change committed before its version was set is in
+        # any list read after that version, so the cache never pairs a new version with an
+        # old list.
+        version = self._current_version()
+        if version != self._version or time.monotonic() - self._read_at >= self._ttl:
             rows = session.execute(
                 select(WebhookEndpoint.id, WebhookEndpoint.account_id, WebhookEndpoint.events)
                 .where(WebhookEndpoint.enabled.is_(True))
@@ -59,9 +72,17 @@ class EndpointDirectory:
                 by_account.setdefault(account_id, []).append(
                     Subscriber(endpoint_id, frozenset(events or ()))
                 )
-            self._by_account = by_account
+            self._by_account, self._version = by_account, version
             self._read_at = time.monotonic()
         return self._by_account
+
+    def _current_version(self) -> object:
+        if self._redis is None:
+            return None
+        try:
+            return self._redis.get(names.WEBHOOK_ENDPOINTS_VERSION_KEY)
+        except RedisError:
+            return object()  # unknown: equal to no version, so the list is read again
 
 
 def order_key(event: dict[str, Any]) -> int:

@@ -116,7 +116,7 @@ def run_relay(settings: Settings, stop: threading.Event) -> None:
     redis = Redis.from_url(settings.redis_url, socket_timeout=10)
     next_sweep = time.monotonic()
     failures = 0
-    endpoints = EndpointDirectory(settings.webhook_endpoints_cache_seconds)
+    endpoints = EndpointDirectory(settings.webhook_endpoints_cache_seconds, redis)
     try:
         while not stop.is_set():
             try:

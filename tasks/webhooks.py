@@ -17,6 +17,7 @@ from contactsync import names
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
 from contactsync.webhook_claims import Batch, Claim, Outgoing, claim_more, give_back, load_claimed
+from contactsync.webhook_endpoints import announce_change
 from contactsync.webhook_outcomes import Recorded, Result, record_results
 from contactsync.webhook_secrets import signing_secrets
 from contactsync.webhook_signing import Signer
@@ -47,6 +48,10 @@ def deliver_webhooks(
             if batch is not None:
                 session.expunge(batch.endpoint)
         if batch is None:  # delivered, claimed again after the lease, or the endpoint is off
+            # Off: what the claim holds is given back, not left looking in flight until the
+            # lease ends (a test that waited for it after disabling the endpoint timed out).
+            with runtime.db.unit_of_work() as session:
+                give_back(session, delivery_ids, token)
             break
         recorded = _deliver(runtime, batch, token)
         for outcome, results in (("succeeded", recorded.succeeded),
@@ -75,6 +80,8 @@ def _deliver(runtime: Runtime, batch: Batch, token: str) -> Recorded:
     with runtime.db.unit_of_work() as session:
         recorded = record_results(session, batch.endpoint.id, token, results, settings, now)
         give_back(session, [d.delivery_id for d in unsent], token)
+    if recorded.disabled_reason is not None:  # the relays stop fanning events out to it
+        announce_change(runtime.redis)
     metrics.record_deliveries(
         recorded, {d.delivery_id: d.occurred_at for d in batch.deliveries}, now
     )

@@ -240,8 +240,7 @@ def running_stack(
         settings.database_url, settings.redis_url,
         CONTACTSYNC_RELAY_INTERVAL_SECONDS="0.05", CONTACTSYNC_KEY_CACHE_SECONDS="0",
         CONTACTSYNC_MAX_RETRIES="2", CONTACTSYNC_RETRY_BACKOFF_MAX_SECONDS="1",
-        # Webhooks (tests/e2e/test_webhooks*.py): a new endpoint gets the next event.
-        CONTACTSYNC_WEBHOOK_ENDPOINTS_CACHE_SECONDS="0", **webhook_env(),
+        **webhook_env(),
     )
     _clean(database, redis_client)
     worker = start_worker(env, logs / "worker.log")

@@ -2,13 +2,15 @@
 PORT RECORD`. It appends each request to RECORD (one JSON line: path, headers, body as text,
 time received) and answers 204; a path `/status/<code>...` answers that code, a path
 `/sleep/<seconds>...` waits that long first, and a path `/fail/<n>/<how>...` fails its first n
-requests (`how`: a status code, or `sleep` for 5 s). A bare asyncio server (h11 through uvicorn), no
-framework: what it records is exactly what came over the wire."""
+requests (`how`: a status code, or `sleep` for 5 s), and a path `/hold/...` answers only once
+a file RECORD.release exists (a batch surely in flight). A bare asyncio server (h11 through
+uvicorn), no framework: what it records is exactly what came over the wire."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +48,8 @@ def make_app(record: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
                 handle.write(line + "\n")
             if parts[0] == "sleep":
                 await asyncio.sleep(float(parts[1]))
+            while parts[0] == "hold" and not os.path.exists(record + ".release"):
+                await asyncio.sleep(0.02)
             if parts[0] == "status":
                 status = int(parts[1])
             seen[path] = seen.get(path, 0) + 1

@@ -1,5 +1,5 @@
-"""Helpers of the webhook tests: endpoints inserted as the store makes them, and a receiver
-process (tests/webhook_receiver.py) that records what it is sent."""
+"""Helpers of the webhook tests: endpoints inserted as the store makes them, a receiver
+process (tests/webhook_receiver.py) that records what it is sent, and delivery workers."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ from typing import Any
 
 import httpx
 from pydantic import SecretStr
+from redis import Redis
 from sqlalchemy import select
 
 from contactsync.db import Database
 from contactsync.models import Account, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
+from contactsync.webhook_endpoints import announce_change
 from contactsync.webhook_secrets import new_secret, seal
-from tests.support import ROOT, Process, free_port, wait_until
+from tests.support import ROOT, Process, free_port, service_env, wait_until, worker_args
 
 ALL_EVENTS = ["contact.updated", "contact.created", "contact.deleted"]
 # Fixed for the tests: the test process and the workers it starts seal and unseal alike.
@@ -38,11 +40,49 @@ def webhook_env() -> dict[str, str]:
     return {"CONTACTSYNC_WEBHOOK_SECRET_KEY": SECRET_KEY}
 
 
+def start_delivery_workers(
+    settings: Settings, logs: Path, name: str, count: int = 1, *, allow_insecure: bool,
+    retry_for_seconds: float | None = None, disable_after_seconds: float | None = None,
+    each: list[dict[str, str]] | None = None, **extra: str,
+) -> list[Process]:
+    """Start `count` delivery workers (two pool processes each, the webhooks queue only) with
+    timeouts and retries of a second, wait until each is ready, and return them. `each`: the
+    environment of each worker on top (a metrics port, say); `extra`: of all of them, over
+    these defaults."""
+    env = service_env(settings.database_url, settings.redis_url, **{
+        **webhook_env(),
+        # Short enough for a test, long enough for a busy machine: retries within a second.
+        "CONTACTSYNC_WEBHOOKS_ALLOW_INSECURE": str(allow_insecure).lower(),
+        "CONTACTSYNC_WEBHOOK_TIMEOUT_SECONDS": "1",
+        "CONTACTSYNC_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
+        "CONTACTSYNC_WEBHOOK_RETRY_MAX_SECONDS": "0.5",
+        **({"CONTACTSYNC_WEBHOOK_RETRY_FOR_SECONDS": str(retry_for_seconds)}
+           if retry_for_seconds is not None else {}),
+        **({"CONTACTSYNC_WEBHOOK_DISABLE_AFTER_SECONDS": str(disable_after_seconds)}
+           if disable_after_seconds is not None else {}),
+        **extra,
+    })
+    workers = [
+        Process(worker_args(f"{name}-{i}", concurrency=2, queues="webhooks"),
+                {**env, **(each[i] if each else {})}, logs / f"{name}-{i}.log")
+        for i in range(count)
+    ]
+    try:
+        for worker in workers:
+            wait_until(lambda w=worker: "ready." in w.log(), timeout=60)
+    except AssertionError:
+        for worker in workers:
+            worker.stop()
+        raise
+    return workers
+
+
 def make_endpoint(
     db: Database, settings: Settings, account_id: str, url: str,
     events: list[str] | None = None, enabled: bool = True,
 ) -> tuple[str, str]:
-    """Insert an endpoint as the store does; return its id and its (plain) secret."""
+    """Insert an endpoint as the store does, and tell the relays as it does; return its id and
+    its (plain) secret."""
     secret = new_secret()
     now = utcnow()
     endpoint_id = f"whk_test{next(_endpoints):08d}"
@@ -54,6 +94,11 @@ def make_endpoint(
             secret_ciphertext=seal(secret, webhook_settings(settings)),
             created_at=now, updated_at=now,
         ))
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        announce_change(redis)
+    finally:
+        redis.close()
     return endpoint_id, secret
 
 
@@ -82,7 +127,8 @@ def endpoint(db: Database, endpoint_id: str) -> WebhookEndpoint:
 
 class Receiver:
     """A receiver process on a free loopback port: each request it gets is a JSON line in
-    `record` (path, headers, body); `/status/<code>` answers that code, `/sleep/<s>` sleeps."""
+    `record` (path, headers, body); `/status/<code>` answers that code, `/sleep/<s>` sleeps,
+    `/hold/...` waits for `release()`."""
 
     def __init__(self, tmp: Path, name: str = "receiver") -> None:
         self.port = free_port()
@@ -105,6 +151,10 @@ class Receiver:
         lines = self.record.read_text().splitlines()
         got = [json.loads(line) for line in lines if line.strip()]
         return [r for r in got if path is None or r["path"] == path]
+
+    def release(self) -> None:
+        """Answer the requests held on `/hold/...` paths, and from now on at once."""
+        Path(f"{self.record}.release").touch()
 
     def stop(self) -> None:
         self.process.stop(5)

@@ -22,6 +22,7 @@ from contactsync.schemas import DeletedEnvelope
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.webhook_endpoints import (
     EndpointChange,
+    announce_change_async,
     attempt_to_dict,
     create_endpoint,
     delete_endpoint,
@@ -97,9 +98,11 @@ async def create(request: Request, principal: Manager, gateway: GatewayDep) -> J
             return {**endpoint_to_dict(endpoint), "secret": secret}
 
     try:
-        return ok(await run_in_threadpool(insert), status=201)
+        created = await run_in_threadpool(insert)
     except UnsafeWebhookUrl as exc:
         raise _unsafe(exc) from None
+    await announce_change_async(gateway.redis)
+    return ok(created, status=201)
 
 
 @router.get(
@@ -161,9 +164,11 @@ async def change(
             )
 
     try:
-        return ok(await _in_thread(webhook_id, save))
+        changed = await _in_thread(webhook_id, save)
     except UnsafeWebhookUrl as exc:
         raise _unsafe(exc) from None
+    await announce_change_async(gateway.redis)
+    return ok(changed)
 
 
 @router.delete(
@@ -181,6 +186,7 @@ async def remove(webhook_id: str, principal: Manager, gateway: GatewayDep) -> JS
             return {}
 
     await _in_thread(webhook_id, drop)
+    await announce_change_async(gateway.redis)
     return JSONResponse({"success": True, "message": "Webhook deleted successfully"})
 
 
@@ -201,7 +207,9 @@ async def rotate(webhook_id: str, principal: Manager, gateway: GatewayDep) -> JS
             return {"id": endpoint.id, "secret": secret,
                     "previous_secret_expires_at": isoformat(endpoint.previous_secret_expires_at)}
 
-    return ok(await _in_thread(webhook_id, save))
+    rotated = await _in_thread(webhook_id, save)
+    await announce_change_async(gateway.redis)
+    return ok(rotated)
 
 
 @router.get(

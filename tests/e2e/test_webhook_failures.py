@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import update
 
-from bench.processes import service_env, worker_args
 from contactsync.models import WebhookEndpoint
 from tests.conftest import Stack, make_contact, make_tenant
 from tests.e2e.test_webhooks import put
@@ -22,34 +21,19 @@ from tests.webhook_support import (
     deliveries,
     endpoint,
     make_endpoint,
-    webhook_env,
+    start_delivery_workers,
 )
 
 pytestmark = pytest.mark.slow  # a receiver and delivery workers of its own
-
-WORKER_ENV = {
-    # Every worker runs a relay that fans events out: each must see a new endpoint at once,
-    # as the stack's own worker does (its first event is otherwise missed by up to 1 s).
-    "CONTACTSYNC_WEBHOOK_ENDPOINTS_CACHE_SECONDS": "0",
-    "CONTACTSYNC_WEBHOOKS_ALLOW_INSECURE": "false",
-    "CONTACTSYNC_WEBHOOK_TIMEOUT_SECONDS": "1",
-    "CONTACTSYNC_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
-    "CONTACTSYNC_WEBHOOK_RETRY_MAX_SECONDS": "0.4",
-    "CONTACTSYNC_WEBHOOK_RETRY_FOR_SECONDS": "2",
-    "CONTACTSYNC_WEBHOOK_DISABLE_AFTER_SECONDS": "1",
-}
-
 
 @pytest.fixture(scope="module")
 def strict_worker(
     running_stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Process]:
-    logs = tmp_path_factory.mktemp("strict-webhook-worker")
-    env = service_env(running_stack.settings.database_url, running_stack.settings.redis_url,
-                      **webhook_env(), **WORKER_ENV)
-    worker = Process(worker_args("webhooks-strict", concurrency=2, queues="webhooks"), env,
-                     logs / "webhooks.log")
-    wait_until(lambda: "ready." in worker.log(), timeout=60)
+    [worker] = start_delivery_workers(
+        running_stack.settings, tmp_path_factory.mktemp("strict-webhook-worker"),
+        "webhooks-strict", allow_insecure=False, retry_for_seconds=2, disable_after_seconds=1,
+    )
     yield worker
     worker.stop()
 

@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy import select, update
 from standardwebhooks import Webhook
 
-from bench.processes import service_env, worker_args
 from contactsync import webhook_endpoints as store
 from contactsync.db import Database
 from contactsync.models import WebhookDelivery, WebhookEndpoint
@@ -28,21 +27,11 @@ from tests.webhook_support import (
     attempts,
     deliveries,
     make_endpoint,
-    webhook_env,
+    start_delivery_workers,
 )
 
 pytestmark = pytest.mark.slow  # a receiver and delivery workers of its own
 
-# Short enough for a test, long enough for a busy machine: retries within a second.
-WORKER_ENV = {
-    # Every worker runs a relay that fans events out: each must see a new endpoint at once,
-    # as the stack's own worker does (its first event is otherwise missed by up to 1 s).
-    "CONTACTSYNC_WEBHOOK_ENDPOINTS_CACHE_SECONDS": "0",
-    "CONTACTSYNC_WEBHOOKS_ALLOW_INSECURE": "true",
-    "CONTACTSYNC_WEBHOOK_TIMEOUT_SECONDS": "1",
-    "CONTACTSYNC_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
-    "CONTACTSYNC_WEBHOOK_RETRY_MAX_SECONDS": "0.5",
-}
 METRICS_PORT = free_port()
 
 
@@ -58,19 +47,12 @@ def delivery_workers(
     running_stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[Process]]:
     """Two delivery workers (two pool processes each) on the webhooks queue."""
-    logs = tmp_path_factory.mktemp("webhook-workers")
-    env = service_env(running_stack.settings.database_url, running_stack.settings.redis_url,
-                      **webhook_env(), **WORKER_ENV)
-    # The first serves its metrics (test_metrics_count_deliveries_and_show_the_backlog).
-    ports = [METRICS_PORT, 0]
-    workers = [
-        Process(worker_args(f"webhooks-{i}", concurrency=2, queues="webhooks"),
-                {**env, "CONTACTSYNC_WORKER_METRICS_PORT": str(ports[i])},
-                logs / f"webhooks-{i}.log")
-        for i in range(2)
-    ]
-    for worker in workers:
-        wait_until(lambda w=worker: "ready." in w.log(), timeout=60)
+    workers = start_delivery_workers(
+        running_stack.settings, tmp_path_factory.mktemp("webhook-workers"), "webhooks", 2,
+        allow_insecure=True,
+        # The first serves its metrics (test_metrics_count_deliveries_and_show_the_backlog).
+        each=[{"CONTACTSYNC_WORKER_METRICS_PORT": str(METRICS_PORT)}, {}],
+    )
     yield workers
     for worker in workers:
         worker.stop()

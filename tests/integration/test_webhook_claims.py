@@ -9,6 +9,7 @@ import orjson
 from redis import Redis
 from sqlalchemy import func, select
 
+from contactsync import webhook_endpoints as store
 from contactsync.db import Database
 from contactsync.models import WebhookDelivery, WebhookEvent
 from contactsync.settings import Settings
@@ -17,7 +18,7 @@ from contactsync.webhook_claims import claim_due
 from contactsync.webhook_fanout import EndpointDirectory, fan_out
 from contactsync.webhook_retention import prune
 from tests.conftest import make_tenant
-from tests.webhook_support import deliveries, make_endpoint
+from tests.webhook_support import deliveries, make_endpoint, webhook_settings
 
 
 def event(account_id: str, contact_id: str, sequence: int, kind: str = "contact.updated") -> str:
@@ -28,11 +29,13 @@ def event(account_id: str, contact_id: str, sequence: int, kind: str = "contact.
     }).decode()
 
 
-def fanned(db: Database, payloads: list[str], now: datetime | None = None) -> int:
+def fanned(
+    db: Database, payloads: list[str], now: datetime | None = None,
+    directory: EndpointDirectory | None = None,
+) -> int:
+    directory = directory or EndpointDirectory(ttl=0)
     with db.unit_of_work() as session:
-        return fan_out(
-            session, payloads, EndpointDirectory(ttl=0).get(session), now or utcnow()
-        )
+        return fan_out(session, payloads, directory.get(session), now or utcnow())
 
 
 def test_fan_out_follows_accounts_types_and_enabled(
@@ -53,6 +56,39 @@ def test_fan_out_follows_accounts_types_and_enabled(
     with db.reading() as session:  # only what some endpoint wants is kept
         assert session.scalar(select(func.count()).select_from(WebhookEvent)) == 2
     assert fanned(db, [event(quiet.account_id, "cnt_3", 5)]) == 0
+
+
+def test_a_new_endpoint_gets_the_next_event_however_long_the_relay_caches(
+    db: Database, settings: Settings, redis_client: Redis
+) -> None:
+    acme = make_tenant(db, "acme")
+    # One relay's cache, trusted 30 s: it read the endpoints (none) for the first event.
+    directory = EndpointDirectory(ttl=30, redis=redis_client)
+    later = utcnow() + timedelta(hours=1)  # not due: a running stack's relay sends nothing
+    assert fanned(db, [event(acme.account_id, "cnt_1", 1)], later, directory) == 0
+    with db.unit_of_work() as session:  # as the API and the CLI make one
+        endpoint, _ = store.create_endpoint(
+            session, webhook_settings(settings), acme.account_id, "https://a.example/h",
+            ["contact.updated"], "", utcnow(),
+        )
+    store.announce_change(redis_client)
+    assert fanned(db, [event(acme.account_id, "cnt_1", 2)], later, directory) == 1
+    assert [d.sequence for d in deliveries(db, endpoint.id)] == [2]
+
+
+def test_without_redis_the_relay_reads_the_endpoints_each_pass(
+    db: Database, settings: Settings
+) -> None:
+    acme = make_tenant(db, "acme")
+    down = Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=1)  # nothing listens
+    directory = EndpointDirectory(ttl=30, redis=down)
+    later = utcnow() + timedelta(hours=1)
+    assert fanned(db, [event(acme.account_id, "cnt_1", 1)], later, directory) == 0
+    # Made while the relay cannot read the version: its cache is not trusted.
+    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    assert fanned(db, [event(acme.account_id, "cnt_1", 2)], later, directory) == 1
+    assert [d.sequence for d in deliveries(db, endpoint_id)] == [2]
+    down.close()
 
 
 def test_only_a_contacts_head_is_claimed_and_only_once(
