@@ -76,10 +76,12 @@ def _update_rate(cfg: Config, url: str) -> tuple[float, int]:
 
 
 def deliveries_beside_updates(
-    cfg: Config, concurrency: int, endpoints: int = 2, webhook_concurrency: int = 2
+    cfg: Config, concurrency: int, endpoints: int = 2, webhook_concurrency: int = 2,
+    nice: int = 0,
 ) -> None:
     """(g) Deliveries/s to a bare receiver (`endpoints` endpoints of the bench's account, each
-    event to each) while updates flow, beside the same updates without webhooks."""
+    event to each) while updates flow, beside the same updates without webhooks. `nice`: the
+    delivery worker runs at that lower CPU priority (an experiment; 0 is how it is run)."""
     print(f"(g) webhook deliveries beside updates ({endpoints} endpoints)", flush=True)
     env = cfg.env()
     webhook_env = {**env, "CONTACTSYNC_WEBHOOK_SECRET_KEY": SECRET_KEY,
@@ -97,11 +99,11 @@ def deliveries_beside_updates(
         time.sleep(2)
         without, _ = _update_rate(cfg, url)
         _add_endpoints(cfg, receiver_url, endpoints)
+        args = worker_args(f"bench-webhooks-{time.time_ns()}", webhook_concurrency,
+                           queues="webhooks", loglevel="WARNING")
         deliverer = services.start(
-            "webhooks", worker_args(f"bench-webhooks-{time.time_ns()}",
-                                             webhook_concurrency, queues="webhooks",
-                                             loglevel="WARNING"),
-            webhook_env, cfg.log_dir,
+            "webhooks", ["nice", "-n", str(nice), *args] if nice else args, webhook_env,
+            cfg.log_dir,
         )
         time.sleep(3)  # the delivery worker starts, the relays see the endpoints
         delivered_before = _succeeded(cfg)
