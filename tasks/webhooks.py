@@ -49,8 +49,8 @@ def deliver_webhooks(
         sent, unsent = _send(batch, settings)
         now = utcnow()
         # One transaction a batch: its attempts recorded, what it did not start given back,
-        # and the endpoint's next heads claimed and read (three before: a commit and its
-        # round trips per step, and the head query's window over the pending rows once more).
+        # and the endpoint's next heads claimed and read; three transactions, each with its
+        # BEGIN, COMMIT and round trips, did the same before.
         with runtime.db.unit_of_work() as session:
             recorded = record_results(session, batch.endpoint.id, token,
                                       _results(sent, settings, now), settings, now)
