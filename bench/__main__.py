@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="rows of section (f)'s LinkedIn export")
     parser.add_argument("--webhook-endpoints", type=int, default=2,
                         help="section (g): endpoints of the bench's account, each gets every event")
+    parser.add_argument("--webhook-nice", type=int, default=0,
+                        help="section (g): run the delivery worker at this nice level (an "
+                        "experiment: 0, the default, is how `contactsync worker` runs it)")
     parser.add_argument("--quick", action="store_true", help="smoke form for CI")
     args = parser.parse_args(argv)
     sections = [s for s in args.only.split(",") if s]
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         if "f" in sections:
             sync_import.upsert_vs_update(cfg, args.concurrency)
         if "g" in sections:
-            webhooks.deliveries_beside_updates(cfg, args.concurrency, args.webhook_endpoints)
+            webhooks.deliveries_beside_updates(cfg, args.concurrency, args.webhook_endpoints,
+                                               nice=args.webhook_nice)
     print("\n| measure | ours | baseline | note |\n|---|---|---|---|")
     for row in cfg.rows:
         print("| " + " | ".join(row) + " |")
