@@ -113,22 +113,24 @@ SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM created),
 
 def read_locked(
     connection: Connection, contact_ids: list[str], update_ids: list[str],
-    accounts: list[str], keys: list[str],
+    accounts: list[str], keys: list[str], *, identities: bool = True,
 ) -> tuple[list[Any], list[Any], list[Any]]:
     """Lock `contact_ids` (in id order) and return their rows, the records of `update_ids`,
-    and the identity rows of those contacts and of `keys` within `accounts`: one round trip.
+    and the identity rows of those contacts and of `keys` within `accounts` (none read unless
+    `identities`): one round trip.
 
     The rows are named tuples with the columns' names, as SQLAlchemy's rows read.
     """
     driver: Any = connection.connection.driver_connection
     params = {"ids": contact_ids, "updates": update_ids, "accounts": accounts, "keys": keys}
+    statements = (_LOCK, _FINISHED, _HELD) if identities else (_LOCK, _FINISHED)
     try:
         with driver.pipeline():
-            cursors = [driver.cursor(row_factory=namedtuple_row) for _ in range(3)]
-            for cursor, sql in zip(cursors, (_LOCK, _FINISHED, _HELD), strict=True):
+            cursors = [driver.cursor(row_factory=namedtuple_row) for _ in statements]
+            for cursor, sql in zip(cursors, statements, strict=True):
                 cursor.execute(sql, params)
-        locked, finished, held = (list(cursor.fetchall()) for cursor in cursors)
-        return locked, finished, held
+        locked, finished, *held = (list(cursor.fetchall()) for cursor in cursors)
+        return locked, finished, held[0] if held else []
     except psycopg.Error as exc:
         raise driver_error(connection, exc) from exc
 
