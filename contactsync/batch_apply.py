@@ -17,7 +17,7 @@ from contactsync import events, pg_batch
 from contactsync.contacts import contact_to_dict, state_of
 from contactsync.errors import TransientFailure
 from contactsync.identities import MAX_EXTERNAL_SYSTEMS
-from contactsync.identity_store import IdentityBook, is_identity_race
+from contactsync.identity_store import IdentityBook, is_identity_race, may_touch_identities
 from contactsync.merge import SCALAR_FIELDS, Change, ContactState, merge
 from contactsync.models import Contact, OutboxEvent, UpdateRecord
 from contactsync.row_batches import RowInsert, RowUpdate
@@ -205,6 +205,8 @@ def _read(
     ).all()
     finished = {row.update_id for row in rows_finished if row.status in FINISHED}
     pending = [u for u in unique if u.update_id not in finished]
+    if not _touches_identities(pending):
+        return rows, rows_finished, IdentityBook([])
     book = IdentityBook.load(
         connection, [row.id for row in rows], [(u.account_id, u.patch) for u in pending]
     )
@@ -218,9 +220,16 @@ def _read_pg(
     one's only add rows the book leaves as they are)."""
     accounts, keys = IdentityBook.wanted((u.account_id, u.patch) for u in unique)
     rows, rows_finished, held = pg_batch.read_locked(
-        connection, contact_ids, [u.update_id for u in unique], accounts, keys
+        connection, contact_ids, [u.update_id for u in unique], accounts, keys,
+        identities=_touches_identities(unique),
     )
     return rows, rows_finished, IdentityBook(held)
+
+
+def _touches_identities(updates: list[AcceptedUpdate]) -> bool:
+    # Most updates name no identity (a position, a tag): their batch's book stays empty, and
+    # its claims and writes are then none (a lone update: one statement of four less).
+    return any(may_touch_identities(u.patch, u.match_on is not None) for u in updates)
 
 
 def _matched(connection: Any, updates: list[AcceptedUpdate]) -> set[str]:

@@ -79,8 +79,15 @@ def _ping_idle(engine: Engine) -> None:
     """
 
     @event.listens_for(engine, "checkin")
-    def _checkin(_dbapi_connection: Any, record: Any) -> None:
+    def _checkin(dbapi_connection: Any, record: Any) -> None:
         record.info["idle_since"] = time.monotonic()
+        # A transaction whose BEGIN went in a pipeline left psycopg's autocommit on
+        # (`pg_batch._begins_here`); the pool rolled back whatever it left open.
+        if dbapi_connection is not None and dbapi_connection.autocommit:
+            try:
+                dbapi_connection.autocommit = False
+            except psycopg.Error:
+                record.invalidate()
 
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:

@@ -80,6 +80,12 @@ def is_identity(name: str) -> bool:
     return name in ("email", "linkedin_url") or name.startswith(EXTERNAL_FIELD_PREFIX)
 
 
+def may_touch_identities(patch: Mapping[str, Any], upsert: bool) -> bool:
+    """Tell whether an update can claim, release or look up an identity: an upsert, or a
+    patch that names an identity field. A batch of none reads no identity rows."""
+    return upsert or any(name in patch for name in ("email", "linkedin_url", "external_ids"))
+
+
 def _key(name: str, value: Any) -> str | None:
     return None if value is None else stored_key(name, str(value))
 

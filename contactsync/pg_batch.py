@@ -3,8 +3,8 @@ needs, one statement that writes everything the merge decided.
 
 The merge itself stays the pure function (`contactsync/merge.py`), run by `batch_apply` between
 the two. A lone update used to pay nine round trips (a ping, BEGIN, the lock, the record
-look-up, the identities, three writes, COMMIT); it pays two now, the second carrying the
-COMMIT (`Database.write_with_commit`).
+look-up, the identities, three writes, COMMIT); it pays two now, the first carrying the BEGIN
+(`_begins_here`), the second the COMMIT (`Database.write_with_commit`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, Table, text
 from sqlalchemy.orm import Session
@@ -113,24 +114,43 @@ SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM created),
 
 def read_locked(
     connection: Connection, contact_ids: list[str], update_ids: list[str],
-    accounts: list[str], keys: list[str],
+    accounts: list[str], keys: list[str], *, identities: bool = True,
 ) -> tuple[list[Any], list[Any], list[Any]]:
     """Lock `contact_ids` (in id order) and return their rows, the records of `update_ids`,
-    and the identity rows of those contacts and of `keys` within `accounts`: one round trip.
+    and the identity rows of those contacts and of `keys` within `accounts` (none read unless
+    `identities`): one round trip.
 
     The rows are named tuples with the columns' names, as SQLAlchemy's rows read.
     """
     driver: Any = connection.connection.driver_connection
     params = {"ids": contact_ids, "updates": update_ids, "accounts": accounts, "keys": keys}
+    statements = (_LOCK, _FINISHED, _HELD) if identities else (_LOCK, _FINISHED)
     try:
+        begin = _begins_here(driver)
         with driver.pipeline():
-            cursors = [driver.cursor(row_factory=namedtuple_row) for _ in range(3)]
-            for cursor, sql in zip(cursors, (_LOCK, _FINISHED, _HELD), strict=True):
+            if begin:
+                driver.execute("BEGIN")
+            cursors = [driver.cursor(row_factory=namedtuple_row) for _ in statements]
+            for cursor, sql in zip(cursors, statements, strict=True):
                 cursor.execute(sql, params)
-        locked, finished, held = (list(cursor.fetchall()) for cursor in cursors)
-        return locked, finished, held
+        locked, finished, *held = (list(cursor.fetchall()) for cursor in cursors)
+        return locked, finished, held[0] if held else []
     except psycopg.Error as exc:
         raise driver_error(connection, exc) from exc
+
+
+def _begins_here(driver: psycopg.Connection[Any]) -> bool:
+    """Tell whether the transaction is not begun yet, and if so, have this pipeline send the
+    BEGIN: psycopg sends its own BEGIN alone and waits for it (its pipeline syncs after it),
+    one round trip of three for a lone update. Only with psycopg's autocommit on does it leave
+    the BEGIN to us; it is turned off again when the connection goes back to the pool
+    (`contactsync.db`), and the COMMIT or ROLLBACK that ends the transaction is sent as ever."""
+    plain = driver.isolation_level is None and driver.read_only is None \
+        and driver.deferrable is None  # anything else belongs in psycopg's own BEGIN
+    if driver.autocommit or not plain or driver.info.transaction_status != TransactionStatus.IDLE:
+        return False
+    driver.autocommit = True
+    return True
 
 
 def write_batch(

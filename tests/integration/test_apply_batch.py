@@ -352,3 +352,26 @@ def test_parking_leaves_an_update_whose_commit_went_through_as_it_finished(
     assert found[failed.update_id].status == "failed"
     letters = dead_letters(db)
     assert failed.update_id in letters and applied.update_id not in letters
+
+
+def test_a_batch_that_opens_its_transaction_rolls_back_as_one(
+    db: Database, writer: Database
+) -> None:
+    # On PostgreSQL the batch's read pipeline sends the BEGIN itself (pg_batch._begins_here):
+    # its writes must still be undone by the unit of work's rollback, and the connection must
+    # go back to the pool as psycopg's autocommit had it.
+    tenant = make_tenant(db, "acme")
+    contact_id = make_contact(db, tenant.account_id, position="Before")
+    update = accepted(tenant.account_id, contact_id, {"position": "After"})
+    with pytest.raises(RuntimeError), writer.unit_of_work() as session:
+        outcomes = apply_batch(session, [update], utcnow())  # written at once, not at COMMIT
+        assert [o.status for o in outcomes] == ["applied"]
+        raise RuntimeError("after the writes")
+    assert records(db, [update.update_id]) == {}
+    assert contact(db, contact_id)["position"] == "Before"
+    with writer.engine.connect() as connection:
+        driver = connection.connection.driver_connection
+        assert getattr(driver, "autocommit", False) is False
+    outcomes, _ = run(writer, [update])
+    assert [o.status for o in outcomes] == ["applied"]
+    assert contact(db, contact_id)["position"] == "After"
