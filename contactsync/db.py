@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Engine, TextClause, create_engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,6 +43,7 @@ def make_engine(settings: Settings, lock_timeout_ms: int | None = None) -> Engin
             json_deserializer=orjson.loads,
         )
         _ping_idle(engine)
+        _end_pipeline_begins(engine)
         return engine
     # hide_parameters: a statement's values are personal data; errors must not print them.
     engine = create_engine(
@@ -81,13 +83,6 @@ def _ping_idle(engine: Engine) -> None:
     @event.listens_for(engine, "checkin")
     def _checkin(dbapi_connection: Any, record: Any) -> None:
         record.info["idle_since"] = time.monotonic()
-        # A transaction whose BEGIN went in a pipeline left psycopg's autocommit on
-        # (`pg_batch._begins_here`); the pool rolled back whatever it left open.
-        if dbapi_connection is not None and dbapi_connection.autocommit:
-            try:
-                dbapi_connection.autocommit = False
-            except psycopg.Error:
-                record.invalidate()
 
     @event.listens_for(engine, "checkout")
     def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
@@ -98,6 +93,30 @@ def _ping_idle(engine: Engine) -> None:
             engine.dialect.do_ping(dbapi_connection)
         except Exception as exc:
             raise DisconnectionError("connection lost while idle") from exc  # a fresh one
+
+
+def _end_pipeline_begins(engine: Engine) -> None:
+    """Turn psycopg's autocommit off again once a transaction whose BEGIN went in a pipeline
+    is over (`pg_batch._begins_here` turns it on; this engine never uses it otherwise).
+
+    At the next transaction's begin on the same connection, not only when it goes back to the
+    pool: a second transaction in one checkout would otherwise run each statement alone.
+    """
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        driver: Any = connection.connection.driver_connection
+        if driver.autocommit and driver.info.transaction_status == TransactionStatus.IDLE:
+            driver.autocommit = False
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(dbapi_connection: Any, record: Any) -> None:
+        # The pool has rolled back whatever the transaction left open.
+        if dbapi_connection is not None and dbapi_connection.autocommit:
+            try:
+                dbapi_connection.autocommit = False
+            except psycopg.Error:
+                record.invalidate()
 
 
 class Database:

@@ -8,7 +8,9 @@ from datetime import timedelta
 
 import orjson
 import pytest
+from sqlalchemy import text
 
+from contactsync import pg_batch
 from contactsync.batch_apply import apply_batch, record_failures
 from contactsync.db import Database
 from contactsync.dead_letters import park
@@ -375,3 +377,24 @@ def test_a_batch_that_opens_its_transaction_rolls_back_as_one(
     outcomes, _ = run(writer, [update])
     assert [o.status for o in outcomes] == ["applied"]
     assert contact(db, contact_id)["position"] == "After"
+
+
+def test_a_second_transaction_on_the_same_connection_is_one_again(
+    db: Database, writer: Database
+) -> None:
+    # The read pipeline's BEGIN leaves psycopg's autocommit on for its transaction; the next
+    # transaction on the same connection, without a trip through the pool, must be whole.
+    if writer.engine.dialect.name != "postgresql":
+        pytest.skip("the read pipeline is PostgreSQL's")
+    tenant = make_tenant(db, "acme")
+    contact_id = make_contact(db, tenant.account_id, position="Before")
+    with writer.engine.connect() as connection:
+        connection.begin()  # as a unit of work's session begins before the batch reads
+        locked, _, _ = pg_batch.read_locked(connection, [contact_id], [], [], [])
+        assert [row.id for row in locked] == [contact_id]
+        connection.commit()
+        connection.begin()
+        connection.execute(text("UPDATE contacts SET position = 'Undone' WHERE id = :id"),
+                           {"id": contact_id})
+        connection.rollback()
+    assert contact(db, contact_id)["position"] == "Before"
