@@ -102,8 +102,9 @@ def _serve(argv: list[str]) -> int:
 class ActivitySampler:
     """What PostgreSQL is doing, every 20 ms: labels per sample, with its time."""
 
-    QUERY = """
-        SELECT backend_type, datname = current_database(), state, wait_event_type, wait_event
+    QUERY = r"""
+        SELECT backend_type, datname = current_database(), state, wait_event_type, wait_event,
+               regexp_replace(left(query, 60), '\s+', ' ', 'g')
         FROM pg_stat_activity WHERE pid <> pg_backend_pid()
     """
 
@@ -118,7 +119,7 @@ class ActivitySampler:
         with psycopg.connect(self._url, autocommit=True) as conn:
             while not self._stop.wait(0.02):
                 labels: set[str] = set()
-                for kind, ours, state, wait_type, wait in conn.execute(self.QUERY):
+                for kind, ours, state, wait_type, wait, query in conn.execute(self.QUERY):
                     if kind == "checkpointer" and wait != "CheckpointerMain":
                         labels.add(f"checkpointer {wait or 'on CPU'}")
                     elif kind == "autovacuum worker" and ours:
@@ -126,6 +127,7 @@ class ActivitySampler:
                     elif kind == "client backend" and ours and state == "active":
                         labels.add(f"a backend waiting on {wait_type}:{wait}" if wait
                                    else "a backend on CPU")
+                        labels.add(f"  running: {query}")
                     elif kind == "client backend" and ours and state == "idle in transaction":
                         labels.add("a backend idle in transaction")
                 self.samples.append((time.time(), labels))
@@ -146,8 +148,8 @@ class ActivitySampler:
         overall = Counter(label for labels in run for label in labels)
         print(f"  PostgreSQL while the slowest 1 % were in flight ({len(inside)} samples; "
               f"in the whole run, {len(run)}):")
-        for label, count in seen.most_common(8):
-            print(f"    {label:50s} {100 * count / len(inside):5.1f} %  "
+        for label, count in seen.most_common(12):
+            print(f"    {label:64s} {100 * count / len(inside):5.1f} %  "
                   f"(whole run {100 * overall[label] / len(run):5.1f} %)")
 
 

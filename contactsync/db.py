@@ -33,11 +33,18 @@ def make_engine(settings: Settings, lock_timeout_ms: int | None = None) -> Engin
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if not settings.is_sqlite:
-        options = {} if lock_timeout_ms is None else {
-            "options": f"-c lock_timeout={int(lock_timeout_ms)}"
-        }
+        # psycopg prepares a statement after its fifth run, and PostgreSQL may then keep one
+        # generic plan for it. Made while a table was nearly empty (a new deployment, a fresh
+        # bench), that plan scans the whole table, and keeps doing so as the table grows until
+        # the next ANALYZE: looking up a batch's update records took 27 ms at 60,000 records
+        # instead of 0.03 (docs/benchmarks.md, "the default-mode tail"). A plan made for each
+        # run sees the table's size as it is; it costs at most ~0.1 ms a statement more.
+        options = "-c plan_cache_mode=force_custom_plan"
+        if lock_timeout_ms is not None:
+            options += f" -c lock_timeout={int(lock_timeout_ms)}"
         engine = create_engine(
-            url, pool_size=5, max_overflow=10, hide_parameters=True, connect_args=options,
+            url, pool_size=5, max_overflow=10, hide_parameters=True,
+            connect_args={"options": options},
             # psycopg decodes json and jsonb with the standard library's json by default: a
             # bulk batch reads four JSONB columns a contact, and orjson decodes them ~5x faster.
             json_deserializer=orjson.loads,
