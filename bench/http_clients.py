@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,17 +46,22 @@ def _headers(signer: Signer, n: int) -> dict[str, str]:
     return signer.headers(f"evt_{n:08d}", BODY, datetime.now(UTC))
 
 
+async def _read_at_most(chunks: AsyncIterator[bytes]) -> None:
+    """Read an answer's body up to BODY_LIMIT, as the sender does."""
+    read = 0
+    async for chunk in chunks:
+        read += len(chunk)
+        if read >= BODY_LIMIT:
+            return
+
+
 def httpx_stream(url: str, connections: int) -> tuple[Post, Callable[[], Awaitable[None]]]:
     client = httpx.AsyncClient(timeout=10, follow_redirects=False, limits=httpx.Limits(
         max_connections=connections, max_keepalive_connections=connections))
 
     async def post(body: bytes, headers: dict[str, str]) -> int:
         async with client.stream("POST", url, content=body, headers=headers) as response:
-            read = 0
-            async for chunk in response.aiter_raw():
-                read += len(chunk)
-                if read >= BODY_LIMIT:
-                    break
+            await _read_at_most(response.aiter_raw())
             return response.status_code
     return post, client.aclose
 
@@ -70,11 +75,7 @@ def httpx_send(url: str, connections: int) -> tuple[Post, Callable[[], Awaitable
         request = httpx.Request("POST", parsed, content=body, headers=headers)
         response = await client.send(request, stream=True)
         try:
-            read = 0
-            async for chunk in response.aiter_raw():
-                read += len(chunk)
-                if read >= BODY_LIMIT:
-                    break
+            await _read_at_most(response.aiter_raw())
             return response.status_code
         finally:
             await response.aclose()
@@ -89,11 +90,7 @@ def httpcore_pool(url: str, connections: int) -> tuple[Post, Callable[[], Awaita
     async def post(body: bytes, headers: dict[str, str]) -> int:
         async with pool.stream("POST", url, content=body, headers=list(headers.items()),
                                extensions=extensions) as response:
-            read = 0
-            async for chunk in response.aiter_stream():
-                read += len(chunk)
-                if read >= BODY_LIMIT:
-                    break
+            await _read_at_most(response.aiter_stream())
             return response.status
     return post, pool.aclose
 
