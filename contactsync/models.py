@@ -179,6 +179,10 @@ class WebhookEvent(Base):
     payload: Mapped[str] = mapped_column(Text)
 
 
+_PENDING = "status = 'pending'"
+_IN_FLIGHT = "status = 'pending' AND claimed_until IS NOT NULL"
+
+
 class WebhookDelivery(Base):
     """One event to one endpoint: pending until it succeeds or finally fails.
 
@@ -188,8 +192,17 @@ class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_deliveries_endpoint_event"),
-        Index("ix_webhook_deliveries_order", "endpoint_id", "contact_id", "sequence"),
-        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        # Pending rows in the order they are sent; a contact's pending rows in sequence order,
+        # and its rows in flight: a claim's scan and its two probes
+        # (contactsync/webhook_claims.py). Partial, so finished rows cost them nothing. The
+        # first leaves the endpoint out on purpose: with no statistics yet (a new table), the
+        # planner took it for the probes and read the endpoint's whole backlog per row.
+        Index("ix_webhook_deliveries_due", "next_attempt_at", "id",
+              postgresql_where=text(_PENDING), sqlite_where=text(_PENDING)),
+        Index("ix_webhook_deliveries_pending", "endpoint_id", "contact_id", "sequence", "id",
+              postgresql_where=text(_PENDING), sqlite_where=text(_PENDING)),
+        Index("ix_webhook_deliveries_in_flight", "endpoint_id", "contact_id",
+              postgresql_where=text(_IN_FLIGHT), sqlite_where=text(_IN_FLIGHT)),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, distinct, func, or_, select, update
+from sqlalchemy import ARRAY, String, any_, cast, distinct, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
 from contactsync.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -52,40 +52,44 @@ class Batch:
     deliveries: list[Outgoing]
 
 
-def _heads(now: datetime, limit: int, endpoint_ids: list[str]):  # type: ignore[no-untyped-def]
-    # Each pending delivery ranked within its endpoint and contact, and whether any of them is
-    # in flight, in one pass over the pending rows (a window, on PostgreSQL and SQLite alike):
-    # a subquery per row that looked for an earlier or claimed one cost a scan of the contact's
-    # rows for every pending row, most of PostgreSQL's CPU once thousands were pending.
-    p = aliased(WebhookDelivery, name="p")
-    contact = [p.endpoint_id, p.contact_id]
-    ranked = (
-        select(
-            p.id, p.next_attempt_at, p.claimed_until,
-            func.row_number().over(partition_by=contact, order_by=[p.sequence, p.id])
-            .label("rank"),
-            func.max(case((p.claimed_until > now, 1), else_=0)).over(partition_by=contact)
-            .label("busy"),
-        )
-        .where(p.status == PENDING, p.endpoint_id.in_(endpoint_ids))
-        .subquery("ranked")
-    )
-    # Computed once (MATERIALIZED): on a fresh table's stale statistics, PostgreSQL planned the
-    # window inside `IN (...)` once per candidate row, seconds a claim.
-    heads = select(ranked.c.id).where(
-        ranked.c.rank == 1, ranked.c.busy == 0, ranked.c.next_attempt_at <= now,
-    ).cte("heads").prefix_with("MATERIALIZED")
+def heads_due(  # type: ignore[no-untyped-def]
+    now: datetime, limit: int, endpoint_ids: list[str], dialect: str
+):
+    """Return the query of the endpoints' due deliveries a claim may take, locked, at most
+    `limit`, in the order they are sent."""
+    # Due pending rows in the order they are sent, each kept only if it is its contact's head
+    # (no pending row of that endpoint and contact comes before it) and none of the contact's
+    # rows is in flight: two index probes a row (the partial indexes of migration 0006), and
+    # the scan stops at `limit`. Ranking every pending row of the endpoint in a window, as this
+    # did, sorted the whole backlog at each claim (docs/benchmarks.md, session 8).
     d = aliased(WebhookDelivery, name="d")
-    # The conditions again on the row itself: a row locked after another dispatcher's claim
-    # committed is checked as it is now (READ COMMITTED), and skipped.
+    earlier = aliased(WebhookDelivery, name="earlier")
+    busy = aliased(WebhookDelivery, name="busy")
+    has_earlier = select(earlier.id).where(
+        earlier.endpoint_id == d.endpoint_id, earlier.contact_id == d.contact_id,
+        earlier.status == PENDING,
+        tuple_(earlier.sequence, earlier.id) < tuple_(d.sequence, d.id),
+    ).exists()
+    has_busy = select(busy.id).where(
+        busy.endpoint_id == d.endpoint_id, busy.contact_id == d.contact_id,
+        busy.status == PENDING, busy.claimed_until > now,
+    ).exists()
+    # On PostgreSQL an array, not `IN`: a list of one became `endpoint_id = constant`, and on a
+    # new table's missing statistics the planner then read the endpoint's whole backlog for
+    # every row's probe (seconds a claim at 20,000 pending) instead of looking up its contact.
+    of_endpoints = (
+        d.endpoint_id == any_(cast(endpoint_ids, ARRAY(String))) if dialect == "postgresql"
+        else d.endpoint_id.in_(endpoint_ids)
+    )
+    # A row locked after another dispatcher's claim committed is checked again as it is now
+    # (READ COMMITTED), its own lease included, and skipped.
     return (
         select(d.id, d.endpoint_id, d.event_id, d.attempts)
-        .join(heads, heads.c.id == d.id)
         .join(WebhookEndpoint, WebhookEndpoint.id == d.endpoint_id)
         .where(
-            d.status == PENDING, d.next_attempt_at <= now,
+            d.status == PENDING, of_endpoints, d.next_attempt_at <= now,
             or_(d.claimed_until.is_(None), d.claimed_until <= now),
-            WebhookEndpoint.enabled.is_(True),
+            WebhookEndpoint.enabled.is_(True), ~has_earlier, ~has_busy,
         )
         .order_by(d.next_attempt_at, d.id)
         .limit(limit)
@@ -110,15 +114,18 @@ def claim_due(session: Session, settings: Settings, now: datetime) -> list[Claim
     ) if in_flight.get(endpoint_id, 0) < settings.webhook_endpoint_max_tasks]
     if not free_endpoints:
         return []
-    rows = session.execute(_heads(now, settings.webhook_dispatch_batch, free_endpoints)).all()
+    size = settings.webhook_batch_size
+    free = {e: settings.webhook_endpoint_max_tasks - in_flight.get(e, 0) for e in free_endpoints}
+    # No more than can be handed out: the scan stops there (fewer heads than asked for make it
+    # read every due row of those endpoints).
+    wanted = min(settings.webhook_dispatch_batch, size * sum(free.values()))
+    rows = session.execute(heads_due(now, wanted, free_endpoints, _dialect(session))).all()
     by_endpoint: dict[str, list[Any]] = {}
     for row in rows:
         by_endpoint.setdefault(row.endpoint_id, []).append(row)
     claims: list[Claim] = []
-    size = settings.webhook_batch_size
     for endpoint_id, due in by_endpoint.items():
-        free = max(0, settings.webhook_endpoint_max_tasks - in_flight.get(endpoint_id, 0))
-        for i in range(0, min(len(due), free * size), size):
+        for i in range(0, min(len(due), free[endpoint_id] * size), size):
             part = due[i:i + size]
             claims.append(Claim(
                 endpoint_id, secrets.token_hex(8), [r.id for r in part],
@@ -139,7 +146,7 @@ def claim_more(
     """Claim the endpoint's next due heads for a task that has sent its batch and has time
     left (the same token: still one task in flight); return their ids."""
     ids = [row.id for row in session.execute(
-        _heads(now, settings.webhook_batch_size, [endpoint_id])
+        heads_due(now, settings.webhook_batch_size, [endpoint_id], _dialect(session))
     )]
     if ids:
         session.execute(
@@ -149,6 +156,10 @@ def claim_more(
             )
         )
     return ids
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
 
 
 def release(session: Session, claim: Claim) -> None:

@@ -3,9 +3,13 @@ which deliveries a dispatcher may hand out, what retention deletes."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta
 
+import hypothesis
 import orjson
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
 from redis import Redis
 from sqlalchemy import func, select
 
@@ -14,11 +18,13 @@ from contactsync.db import Database
 from contactsync.models import WebhookDelivery, WebhookEvent
 from contactsync.settings import Settings
 from contactsync.timeutil import isoformat, utcnow
-from contactsync.webhook_claims import claim_due
+from contactsync.webhook_claims import PENDING, claim_due, heads_due
 from contactsync.webhook_fanout import EndpointDirectory, fan_out
 from contactsync.webhook_retention import prune
 from tests.conftest import make_tenant
 from tests.webhook_support import deliveries, make_endpoint, webhook_settings
+
+_tenants = itertools.count()
 
 
 def event(account_id: str, contact_id: str, sequence: int, kind: str = "contact.updated") -> str:
@@ -137,3 +143,60 @@ def test_retention_keeps_what_is_pending_and_recent(
     with db.reading() as session:  # the pending ones' events stay, old or not
         kept = session.scalars(select(WebhookEvent.sequence).order_by(WebhookEvent.sequence))
         assert list(kept) == [2, 3]
+
+
+# One delivery row: (contact, sequence, status, due, lease); due and lease are minutes from now
+# (None: no lease), so that rows are due or not, in flight, or past a lapsed lease.
+_ROWS = st.lists(st.tuples(
+    st.sampled_from(["cnt_a", "cnt_b", "cnt_c", "cnt_d"]), st.integers(1, 6),
+    st.sampled_from([PENDING, PENDING, PENDING, "succeeded", "failed"]),
+    st.integers(-3, 2), st.none() | st.integers(-2, 2),
+), max_size=14)
+
+
+def _expected_heads(rows: list[tuple[int, WebhookDelivery]], now: datetime) -> list[int]:
+    """What a claim may hand out, from the rule itself: per contact, the pending row of lowest
+    (sequence, id), if it is due and none of the contact's pending rows is in flight; in
+    (next attempt, id) order."""
+    pending = [(i, r) for i, r in rows if r.status == PENDING]
+    heads = []
+    for contact in {r.contact_id for _, r in pending}:
+        mine = [(i, r) for i, r in pending if r.contact_id == contact]
+        if any(r.claimed_until is not None and r.claimed_until > now for _, r in mine):
+            continue
+        head_id, head = min(mine, key=lambda ir: (ir[1].sequence, ir[0]))
+        if head.next_attempt_at <= now:
+            heads.append((head.next_attempt_at, head_id))
+    return [i for _, i in sorted(heads)]
+
+
+@hypothesis.settings(max_examples=100, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(rows=_ROWS, limit=st.integers(1, 5))
+def test_a_claim_hands_out_exactly_the_heads_the_rule_names(
+    db: Database, settings: Settings, rows: list[tuple[str, int, str, int, int | None]],
+    limit: int,
+) -> None:
+    acme = make_tenant(db, f"acme{next(_tenants)}")
+    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    # An hour ahead: no running relay of another test's stack dispatches these.
+    now = utcnow().replace(microsecond=0) + timedelta(hours=1)
+    with db.unit_of_work() as session:
+        stored = []
+        for n, (contact, sequence, status, due, lease) in enumerate(rows):
+            row = WebhookDelivery(
+                endpoint_id=endpoint_id, event_id=f"evt_{n}", contact_id=contact,
+                sequence=sequence, status=status, attempts=0,
+                next_attempt_at=now + timedelta(minutes=due), created_at=now,
+                claim_token=None if lease is None else "t",
+                claimed_until=None if lease is None else now + timedelta(minutes=lease),
+            )
+            session.add(row)
+            stored.append(row)
+        session.flush()
+        by_id = [(r.id, r) for r in stored]
+        expected = _expected_heads(by_id, now)
+    with db.unit_of_work() as session:
+        claimed = [r.id for r in session.execute(heads_due(
+            now, limit, [endpoint_id], session.get_bind().dialect.name))]
+    assert claimed == expected[:limit]
