@@ -17,13 +17,11 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import psycopg
-
+from bench.pg_activity import ActivitySampler
 from bench.services import PG_ADMIN
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -96,18 +94,6 @@ class Census:
         return "gateway"  # the gateway's launcher and the processes it spawns
 
 
-def _sample_queries(database: str, go: threading.Event, stop: threading.Event,
-                    seen: Counter[str]) -> None:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        while not stop.is_set():
-            if go.is_set():
-                for (query,) in conn.execute(
-                        "SELECT query FROM pg_stat_activity WHERE datname = %s AND state = "
-                        "'active' AND pid <> pg_backend_pid()", (database,)):
-                    seen[" ".join(query.split())[:120]] += 1
-            time.sleep(0.02)
-
-
 def _spy(census: Census, seconds: int, out: Path) -> list[subprocess.Popen[bytes]]:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     workers = [p for p in census.alive("delivery worker")
@@ -133,23 +119,20 @@ def main() -> int:
     bench = subprocess.Popen([sys.executable, "-m", "bench",
                               *[a for a in args.bench if a != "--"]])
     census = Census(bench.pid)
-    queries: Counter[str] = Counter()
-    go, stop = threading.Event(), threading.Event()
-    threading.Thread(target=_sample_queries, args=(census.database, go, stop, queries),
-                     daemon=True).start()
+    sampler = ActivitySampler(PG_ADMIN, census.database)
     started: float | None = None
+    started_wall = 0.0
     at_start: dict[int, float] = {}
     spies: list[subprocess.Popen[bytes]] = []
     while bench.poll() is None:
         census.sample()
         if started is None and census.alive("delivery worker"):
-            started, at_start = time.monotonic(), dict(census.cpu)
-            go.set()
+            started, started_wall, at_start = time.monotonic(), time.time(), dict(census.cpu)
         if args.spy and started is not None and not spies and time.monotonic() - started > 4:
             args.out.mkdir(parents=True, exist_ok=True)
             spies = _spy(census, args.spy, args.out)
         time.sleep(0.25)
-    stop.set()
+    sampler.stop()
     for spy in spies:
         spy.wait()
     took = time.monotonic() - (started or time.monotonic())
@@ -161,6 +144,8 @@ def main() -> int:
         share = seconds / max(took, 1e-9) * 100
         print(f"  {kind:38s} {seconds:7.2f} s  ({share:5.1f} % of a core)")
     print("\nPostgreSQL's active queries of the run's database, samples every 20 ms:")
+    queries = Counter(b.query for t, backends in sampler.samples if t >= started_wall
+                      for b in backends if b.ours and b.state == "active")
     for query, count in queries.most_common(12):
         print(f"  {count:6d}  {query}")
     return bench.returncode

@@ -26,16 +26,15 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 
 from bench import load, services
+from bench.pg_activity import ActivitySampler, Backend
 from contactsync.settings import Settings
 
 TRACE_DIR = "BENCH_TRACE_DIR"
@@ -99,58 +98,40 @@ def _serve(argv: list[str]) -> int:
     return cli_services.gateway(args)
 
 
-class ActivitySampler:
-    """What PostgreSQL is doing, every 20 ms: labels per sample, with its time."""
+def _labels(backends: list[Backend]) -> set[str]:
+    """What one sample of PostgreSQL says that could hold a request up."""
+    labels: set[str] = set()
+    for b in backends:
+        if b.kind == "checkpointer" and b.wait != "CheckpointerMain":
+            labels.add(f"checkpointer {b.wait or 'on CPU'}")
+        elif b.kind == "autovacuum worker" and b.ours:
+            labels.add("autovacuum in this database")
+        elif b.kind == "client backend" and b.ours and b.state == "active":
+            labels.add(f"a backend waiting on {b.wait_type}:{b.wait}" if b.wait
+                       else "a backend on CPU")
+            labels.add(f"  running: {b.query[:60]}")
+        elif b.kind == "client backend" and b.ours and b.state == "idle in transaction":
+            labels.add("a backend idle in transaction")
+    return labels
 
-    QUERY = r"""
-        SELECT backend_type, datname = current_database(), state, wait_event_type, wait_event,
-               regexp_replace(left(query, 60), '\s+', ' ', 'g')
-        FROM pg_stat_activity WHERE pid <> pg_backend_pid()
-    """
 
-    def __init__(self, url: str) -> None:
-        self.samples: list[tuple[float, set[str]]] = []
-        self._url = url.replace("postgresql+psycopg://", "postgresql://")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="pg-sampler")
-        self._thread.start()
-
-    def _run(self) -> None:
-        with psycopg.connect(self._url, autocommit=True) as conn:
-            while not self._stop.wait(0.02):
-                labels: set[str] = set()
-                for kind, ours, state, wait_type, wait, query in conn.execute(self.QUERY):
-                    if kind == "checkpointer" and wait != "CheckpointerMain":
-                        labels.add(f"checkpointer {wait or 'on CPU'}")
-                    elif kind == "autovacuum worker" and ours:
-                        labels.add("autovacuum in this database")
-                    elif kind == "client backend" and ours and state == "active":
-                        labels.add(f"a backend waiting on {wait_type}:{wait}" if wait
-                                   else "a backend on CPU")
-                        labels.add(f"  running: {query}")
-                    elif kind == "client backend" and ours and state == "idle in transaction":
-                        labels.add("a backend idle in transaction")
-                self.samples.append((time.time(), labels))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def report(self, windows: list[tuple[float, float]], since: float) -> None:
-        """Print how often each label was seen during `windows`, beside since `since`."""
-        run = [labels for t, labels in self.samples if t >= since]
-        inside = [labels for t, labels in self.samples if t >= since and any(
-            start <= t <= end for start, end in windows)]
-        if not run or not inside:
-            print("  PostgreSQL sampled: too few samples")
-            return
-        seen = Counter(label for labels in inside for label in labels)
-        overall = Counter(label for labels in run for label in labels)
-        print(f"  PostgreSQL while the slowest 1 % were in flight ({len(inside)} samples; "
-              f"in the whole run, {len(run)}):")
-        for label, count in seen.most_common(12):
-            print(f"    {label:64s} {100 * count / len(inside):5.1f} %  "
-                  f"(whole run {100 * overall[label] / len(run):5.1f} %)")
+def _report_activity(
+    sampler: ActivitySampler, windows: list[tuple[float, float]], since: float
+) -> None:
+    """Print how often each label was seen during `windows`, beside since `since`."""
+    run = [_labels(backends) for t, backends in sampler.samples if t >= since]
+    inside = [_labels(backends) for t, backends in sampler.samples if t >= since and any(
+        start <= t <= end for start, end in windows)]
+    if not run or not inside:
+        print("  PostgreSQL sampled: too few samples")
+        return
+    seen = Counter(label for labels in inside for label in labels)
+    overall = Counter(label for labels in run for label in labels)
+    print(f"  PostgreSQL while the slowest 1 % were in flight ({len(inside)} samples; "
+          f"in the whole run, {len(run)}):")
+    for label, count in seen.most_common(12):
+        print(f"    {label:64s} {100 * count / len(inside):5.1f} %  "
+              f"(whole run {100 * overall[label] / len(run):5.1f} %)")
 
 
 def _quantiles(values: list[float]) -> str:
@@ -221,7 +202,7 @@ def _report(stages: dict[str, dict[str, float]], sampler: ActivitySampler, since
         f"{name} {count}" for name, count in worst.most_common()))
     backlog = sum(s["lingered 5x (backlog)"] for s in slow)
     print(f"  of which lingered 5x for a backlog: {backlog:.0f}")
-    sampler.report([(s["_from"], s["_until"]) for s in slow], since)
+    _report_activity(sampler, [(s["_from"], s["_until"]) for s in slow], since)
 
 
 def _burst(url: str, key: str, contacts: int, seconds: float, settings: Settings) -> None:
@@ -264,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_env = {**env, "CONTACTSYNC_LOG_LEVEL": "INFO", "CONTACTSYNC_LOG_FORMAT": "json"}
         worker = services.start_worker(worker_env, args.concurrency, workdir)
         requests = load.put_request(key, len(ids))
-        sampler = ActivitySampler(url)
+        sampler = ActivitySampler(url, url.rsplit("/", 1)[1])
         try:
             # A worker starting on a busy machine takes seconds: load before it consumes would
             # measure its start, not the tail.
