@@ -116,10 +116,12 @@ def claim_due(session: Session, settings: Settings, now: datetime) -> list[Claim
         return []
     size = settings.webhook_batch_size
     free = {e: settings.webhook_endpoint_max_tasks - in_flight.get(e, 0) for e in free_endpoints}
-    # No more than can be handed out: the scan stops there (fewer heads than asked for make it
-    # read every due row of those endpoints).
-    wanted = min(settings.webhook_dispatch_batch, size * sum(free.values()))
-    rows = session.execute(heads_due(now, wanted, free_endpoints, _dialect(session))).all()
+    # More than the free slots can take: the heads come in due order across endpoints, and an
+    # endpoint with many old ones must not use up a limit its free slots could take whole,
+    # leaving none for the next endpoint.
+    rows = session.execute(heads_due(
+        now, settings.webhook_dispatch_batch, free_endpoints, _dialect(session)
+    )).all()
     by_endpoint: dict[str, list[Any]] = {}
     for row in rows:
         by_endpoint.setdefault(row.endpoint_id, []).append(row)

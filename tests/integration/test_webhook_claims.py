@@ -121,6 +121,31 @@ def test_only_a_contacts_head_is_claimed_and_only_once(
     assert again.token != claim.token
 
 
+def test_an_endpoint_with_many_old_heads_leaves_the_next_endpoint_its_claim(
+    db: Database, settings: Settings, redis_client: Redis
+) -> None:
+    acme = make_tenant(db, "acme")
+    busy_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    quiet_id, _ = make_endpoint(db, settings, acme.account_id, "https://b.example/h")
+    now = utcnow() + timedelta(hours=1)  # no running relay of another test dispatches these
+    older = settings.webhook_endpoint_max_tasks * settings.webhook_batch_size * 2
+    with db.unit_of_work() as session:
+        for n in range(older + 2):
+            endpoint_id, due = (busy_id, now - timedelta(minutes=10)) if n < older \
+                else (quiet_id, now)
+            session.add(WebhookDelivery(
+                endpoint_id=endpoint_id, event_id=f"evt_{n}", contact_id=f"cnt_{n}",
+                sequence=1, status=PENDING, attempts=0, next_attempt_at=due, created_at=now,
+            ))
+    with db.unit_of_work() as session:
+        claims = claim_due(session, settings, now)
+    handed: dict[str, int] = {}
+    for claim in claims:
+        handed[claim.endpoint_id] = handed.get(claim.endpoint_id, 0) + len(claim.delivery_ids)
+    assert handed == {busy_id: settings.webhook_endpoint_max_tasks * settings.webhook_batch_size,
+                      quiet_id: 2}
+
+
 def test_retention_keeps_what_is_pending_and_recent(
     db: Database, settings: Settings, redis_client: Redis
 ) -> None:
