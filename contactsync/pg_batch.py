@@ -10,13 +10,15 @@ look-up, the identities, three writes, COMMIT); it pays two now, the first carry
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import orjson
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Connection, Table, text
+from sqlalchemy import Connection, Table, TextClause, text
 from sqlalchemy.orm import Session
 
 from contactsync.db import Database, driver_error
@@ -31,14 +33,17 @@ _IDENTITIES: Table = ContactIdentity.__table__  # type: ignore[assignment]
 # Three statements sent at once (psycopg's pipeline) with the transaction's BEGIN: one round
 # trip. Each takes its snapshot when it starts, so the two reads run after the locks are held,
 # which keeps the duplicate check exact (a delivery that committed while this one waited for
-# a lock is seen).
+# a lock is seen). `= ANY(array)` rather than `IN (SELECT unnest(array))`: one index scan
+# to plan instead of a join, and both are planned at every run (`plan_cache_mode`,
+# contactsync/db.py): 0.1 ms of PostgreSQL's CPU less an update (docs/benchmarks.md,
+# "Session 8: drain").
 _LOCK = (
     f"SELECT {', '.join(c.name for c in _CONTACTS.columns)} FROM contacts "
-    "WHERE id IN (SELECT unnest(CAST(%(ids)s AS varchar[]))) ORDER BY id FOR UPDATE"
+    "WHERE id = ANY(CAST(%(ids)s AS varchar[])) ORDER BY id FOR UPDATE"
 )
 _FINISHED = (
     "SELECT update_id, status, error, contact_id FROM update_records "
-    "WHERE update_id IN (SELECT unnest(CAST(%(updates)s AS varchar[])))"
+    "WHERE update_id = ANY(CAST(%(updates)s AS varchar[]))"
 )
 _HELD = (
     "SELECT account_id, key, field, contact_id FROM contact_identities "
@@ -66,50 +71,77 @@ def _names(columns: Sequence[str]) -> str:
     return ", ".join(columns)
 
 
-# Every write of a batch in one statement. Parts with no rows cost an empty scan. A scalar
-# count in a WHERE runs the CTE it counts first: identities released are deleted before those
-# claimed are inserted (a key moving from one contact to another in one batch), a replayed dead
+@dataclass(frozen=True)
+class _Part:
+    """One data-modifying CTE of the write: its name, the parameters it reads, its SQL
+    (`{after}`: where it waits for the part named `after`, if that part is written too)."""
+
+    name: str
+    params: tuple[str, ...]
+    sql: str
+    after: str | None = None
+
+    def cte(self, shape: frozenset[str]) -> str:
+        # A scalar count in a WHERE runs the CTE it counts first.
+        after = f"WHERE (SELECT count(*) FROM {self.after}) >= 0" if self.after in shape else ""
+        return f"{self.name} AS ({self.sql.format(after=after)}\n)"
+
+
+# Every write of a batch, in this order. Identities released are deleted before those claimed
+# are inserted (a key moving from one contact to another in one batch), a replayed dead
 # letter's `failed` record before its new one. The identities' foreign key is checked at the
 # end of the statement, after the contacts it creates.
-_WRITE = text(f"""
-WITH updated AS (
-  UPDATE contacts SET {", ".join(f"{c} = r.{c}" for c in _CONTACT_COLUMNS)}
+_SET_CONTACTS = ", ".join(f"{c} = r.{c}" for c in _CONTACT_COLUMNS)
+_PARTS = (
+    _Part("updated", ("updated",), f"""
+  UPDATE contacts SET {_SET_CONTACTS}
   FROM {recordset(_CONTACTS, {"locked_id": "id", **{c: c for c in _CONTACT_COLUMNS}},
                   "updated")}
-  WHERE contacts.id = r.locked_id RETURNING 1
-), created AS (
+  WHERE contacts.id = r.locked_id RETURNING 1"""),
+    _Part("created", ("created",), f"""
   INSERT INTO contacts ({_names(_CREATED_COLUMNS)})
   SELECT {_names(_CREATED_COLUMNS)}
-  FROM {recordset(_CONTACTS, {c: c for c in _CREATED_COLUMNS}, "created")} RETURNING 1
-), released AS (
+  FROM {recordset(_CONTACTS, {c: c for c in _CREATED_COLUMNS}, "created")} RETURNING 1"""),
+    _Part("released", ("released_accounts", "released_keys"), """
   DELETE FROM contact_identities WHERE (account_id, key) IN (
     SELECT * FROM unnest(CAST(:released_accounts AS varchar[]),
                          CAST(:released_keys AS varchar[]))
-  ) RETURNING 1
-), claimed AS (
+  ) RETURNING 1"""),
+    _Part("claimed", ("claimed",), f"""
   INSERT INTO contact_identities ({_names(_IDENTITY_COLUMNS)})
   SELECT {_names(_IDENTITY_COLUMNS)}
   FROM {recordset(_IDENTITIES, {c: c for c in _IDENTITY_COLUMNS}, "claimed")}
-  WHERE (SELECT count(*) FROM released) >= 0 ORDER BY row_number RETURNING 1
-), replaced AS (
+  {{after}} ORDER BY row_number RETURNING 1""", after="released"),
+    _Part("replaced", ("replaced",), """
   DELETE FROM update_records WHERE update_id IN (
     SELECT unnest(CAST(:replaced AS varchar[]))
-  ) RETURNING 1
-), recorded AS (
+  ) RETURNING 1"""),
+    _Part("recorded", ("records",), f"""
   INSERT INTO update_records ({_names(_RECORD_COLUMNS)})
   SELECT {_names(_RECORD_COLUMNS)}
   FROM {recordset(_RECORDS, {c: c for c in _RECORD_COLUMNS}, "records")}
-  WHERE (SELECT count(*) FROM replaced) >= 0 RETURNING 1
-), published AS (
+  {{after}} RETURNING 1""", after="replaced"),
+    _Part("published", ("events",), f"""
   INSERT INTO outbox ({_names(_EVENT_COLUMNS)})
   SELECT {_names(_EVENT_COLUMNS)}
   FROM {recordset(_OUTBOX, {c: c for c in _EVENT_COLUMNS}, "events")}
-  ORDER BY row_number RETURNING 1
+  ORDER BY row_number RETURNING 1"""),
 )
-SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM created),
-       (SELECT count(*) FROM claimed), (SELECT count(*) FROM recorded),
-       (SELECT count(*) FROM published)
-""")
+
+
+@cache  # at most one statement per subset of the seven parts
+def _write_statement(shape: frozenset[str]) -> TextClause:
+    """Return the one statement that writes the parts named in `shape`, and only them.
+
+    A part with no rows is left out rather than sent empty: each is planned at every run
+    (`plan_cache_mode`, contactsync/db.py) and runs its empty scan, and a lone update needs
+    three of the seven. With all seven, its write cost PostgreSQL 0.81 ms of CPU; with its
+    three, 0.51-0.55 (docs/benchmarks.md, "Session 8: drain").
+    """
+    parts = [part for part in _PARTS if part.name in shape]
+    ctes = ", ".join(part.cte(shape) for part in parts)
+    counts = ", ".join(f"(SELECT count(*) FROM {part.name})" for part in parts)
+    return text(f"WITH {ctes}\nSELECT {counts}")
 
 
 def read_locked(
@@ -164,15 +196,24 @@ def write_batch(
     events: one statement; `with_commit`, sent with the transaction's COMMIT."""
     accounts = [a for a, _ in released]
     keys = [k for _, k in released]
-    params = {
+    rows: dict[str, Sequence[Any]] = {
+        "updated": updated, "created": created, "released": released, "claimed": claimed,
+        "replaced": replaced, "recorded": records, "published": events,
+    }
+    shape = frozenset(name for name, part_rows in rows.items() if part_rows)
+    if not shape:
+        return  # nothing to write: the unit of work commits as it would anyway
+    every = {
         "updated": _json(updated), "created": _json(created),
         "released_accounts": accounts, "released_keys": keys, "claimed": _json(claimed),
         "replaced": list(replaced), "records": _json(records), "events": _json(events),
     }
+    params = {p: every[p] for part in _PARTS if part.name in shape for p in part.params}
+    statement = _write_statement(shape)
     if with_commit:
-        Database.write_with_commit(session, _WRITE, params)
+        Database.write_with_commit(session, statement, params)
     else:
-        session.connection().execute(_WRITE, params)
+        session.connection().execute(statement, params)
 
 
 def _json(rows: Sequence[dict[str, Any]]) -> str:
