@@ -88,7 +88,7 @@ def _ping_idle(engine: Engine) -> None:
     """
 
     @event.listens_for(engine, "checkin")
-    def _checkin(dbapi_connection: Any, record: Any) -> None:
+    def _checkin(_dbapi_connection: Any, record: Any) -> None:
         record.info["idle_since"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")

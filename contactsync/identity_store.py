@@ -83,7 +83,7 @@ def is_identity(name: str) -> bool:
 def may_touch_identities(patch: Mapping[str, Any], upsert: bool) -> bool:
     """Tell whether an update can claim, release or look up an identity: an upsert, or a
     patch that names an identity field. A batch of none reads no identity rows."""
-    return upsert or any(name in patch for name in ("email", "linkedin_url", "external_ids"))
+    return upsert or "external_ids" in patch or any(is_identity(name) for name in patch)
 
 
 def _key(name: str, value: Any) -> str | None:

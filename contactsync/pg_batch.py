@@ -175,8 +175,9 @@ def _begins_here(driver: psycopg.Connection[Any]) -> bool:
     """Tell whether the transaction is not begun yet, and if so, have this pipeline send the
     BEGIN: psycopg sends its own BEGIN alone and waits for it (its pipeline syncs after it),
     one round trip of three for a lone update. Only with psycopg's autocommit on does it leave
-    the BEGIN to us; it is turned off again when the connection goes back to the pool
-    (`contactsync.db`), and the COMMIT or ROLLBACK that ends the transaction is sent as ever."""
+    the BEGIN to us; it is turned off again at the connection's next begin and when it goes
+    back to the pool (`contactsync.db`), and the COMMIT or ROLLBACK that ends the transaction
+    is sent as ever."""
     plain = driver.isolation_level is None and driver.read_only is None \
         and driver.deferrable is None  # anything else belongs in psycopg's own BEGIN
     if driver.autocommit or not plain or driver.info.transaction_status != TransactionStatus.IDLE:

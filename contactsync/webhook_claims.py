@@ -109,18 +109,17 @@ def claim_due(session: Session, settings: Settings, now: datetime) -> list[Claim
         .where(WebhookDelivery.status == PENDING, WebhookDelivery.claimed_until > now)
         .group_by(WebhookDelivery.endpoint_id)
     )}
-    free_endpoints = [endpoint_id for endpoint_id in session.scalars(
-        select(WebhookEndpoint.id).where(WebhookEndpoint.enabled.is_(True))
-    ) if in_flight.get(endpoint_id, 0) < settings.webhook_endpoint_max_tasks]
-    if not free_endpoints:
+    slots = {endpoint_id: settings.webhook_endpoint_max_tasks - in_flight.get(endpoint_id, 0)
+             for endpoint_id in session.scalars(
+                 select(WebhookEndpoint.id).where(WebhookEndpoint.enabled.is_(True)))}
+    free = {endpoint_id: n for endpoint_id, n in slots.items() if n > 0}
+    if not free:
         return []
     size = settings.webhook_batch_size
-    free = {e: settings.webhook_endpoint_max_tasks - in_flight.get(e, 0) for e in free_endpoints}
-    # More than the free slots can take: the heads come in due order across endpoints, and an
-    # endpoint with many old ones must not use up a limit its free slots could take whole,
-    # leaving none for the next endpoint.
+    # The whole dispatch batch, not only what the free slots take: heads come in due order
+    # across endpoints, and one endpoint's many old heads would fill a smaller limit alone.
     rows = session.execute(heads_due(
-        now, settings.webhook_dispatch_batch, free_endpoints, _dialect(session)
+        now, settings.webhook_dispatch_batch, list(free), _dialect(session)
     )).all()
     by_endpoint: dict[str, list[Any]] = {}
     for row in rows:
