@@ -2,17 +2,20 @@
 
 Order per endpoint and contact: only a contact's head may be sent, its pending delivery of
 lowest sequence, and only while no other delivery of that contact to that endpoint is in
-flight. A dispatcher claims heads (a token and a lease, under FOR UPDATE SKIP LOCKED on
-PostgreSQL, the write lock on SQLite), so any number of dispatchers and delivery workers keep
-it. A task sends only what its token still holds: a task message that arrives after its
-lease lapsed (its worker died, say) sends nothing, since the deliveries were claimed again.
+flight. The deliveries behind a head wait parked (`PARKED`), out of the due scan, until the
+delivery before them finishes. A dispatcher claims heads (a token and a lease, under FOR
+UPDATE SKIP LOCKED on PostgreSQL, the write lock on SQLite), so any number of dispatchers and
+delivery workers keep it. A task sends only what its token still holds: a task message that
+arrives after its lease lapsed (its worker died, say) sends nothing, since the deliveries
+were claimed again.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ARRAY, String, any_, cast, distinct, func, or_, select, tuple_, update
@@ -22,6 +25,11 @@ from contactsync.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from contactsync.settings import Settings
 
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
+# The next attempt of a delivery parked behind an earlier pending one of its contact: later
+# than any real one, so the claims' scan of due rows never reaches it. Without parking, a dead
+# endpoint's queued deliveries stayed due behind their heads' retries and every claim of every
+# endpoint scanned them: 95-142 ms a claim at 40,000 (docs/benchmarks.md, session 9).
+PARKED = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,7 @@ def claim_due(session: Session, settings: Settings, now: datetime) -> list[Claim
     free = {endpoint_id: n for endpoint_id, n in slots.items() if n > 0}
     if not free:
         return []
+    lock_endpoints(session, free)
     size = settings.webhook_batch_size
     # The whole dispatch batch, not only what the free slots take: heads come in due order
     # across endpoints, and one endpoint's many old heads would fill a smaller limit alone.
@@ -161,6 +170,93 @@ def claim_more(
 
 def _dialect(session: Session) -> str:
     return session.get_bind().dialect.name
+
+
+def lock_endpoints(session: Session, endpoint_ids: Iterable[str], *,
+                   exclusive: bool = False) -> None:
+    """Lock the endpoints' rows, shared or `exclusive`, in id order, until the transaction ends.
+
+    Whatever changes which of an endpoint's deliveries are heads takes the lock exclusive:
+    recording an attempt (a head finishes, the next is promoted) and a replay (deliveries
+    become pending again). What reads the heads takes it shared, in a statement of its own
+    before it reads them: the fan-out, which parks a new delivery behind a head it sees, and
+    a claim. Each so reads the heads as the last exclusive holder left them; without it a
+    fan-out could park a delivery behind a head whose outcome committed meanwhile and promoted
+    none (parked for good), and a claim could send a later delivery that a replay committing
+    during its scan had put behind an earlier one. SQLite writes one transaction at a time.
+    """
+    ids = sorted(set(endpoint_ids))
+    if ids:
+        session.execute(
+            select(WebhookEndpoint.id).where(WebhookEndpoint.id.in_(ids))
+            .order_by(WebhookEndpoint.id).with_for_update(read=not exclusive)
+        ).all()
+
+
+def park_behind(session: Session, deliveries: list[dict[str, Any]]) -> None:
+    """Park each new pending delivery (a row to insert, in the order of insertion) that comes
+    after a pending one of its endpoint and contact, stored or earlier in `deliveries`: its
+    `next_attempt_at` becomes `PARKED`. The caller holds its endpoints' locks, shared."""
+    if not deliveries:
+        return
+    first: dict[tuple[str, str], int] = {}  # the lowest sequence pending, per endpoint, contact
+    for endpoint_id, contact_id, sequence in session.execute(
+        select(WebhookDelivery.endpoint_id, WebhookDelivery.contact_id,
+               func.min(WebhookDelivery.sequence))
+        .where(WebhookDelivery.status == PENDING,
+               WebhookDelivery.endpoint_id.in_({d["endpoint_id"] for d in deliveries}),
+               WebhookDelivery.contact_id.in_({d["contact_id"] for d in deliveries}))
+        .group_by(WebhookDelivery.endpoint_id, WebhookDelivery.contact_id)
+    ):
+        first[endpoint_id, contact_id] = sequence
+    for delivery in deliveries:
+        key = (delivery["endpoint_id"], delivery["contact_id"])
+        # An equal sequence stored comes first: its id is lower.
+        if key in first and first[key] <= delivery["sequence"]:
+            delivery["next_attempt_at"] = PARKED
+        else:  # the head, or one before it (which both send in order: `heads_due`)
+            first[key] = min(first.get(key, delivery["sequence"]), delivery["sequence"])
+
+
+def promote_heads(session: Session, endpoint_id: str, contact_ids: Iterable[str],
+                  now: datetime) -> None:
+    """Make each contact's head due, if parked: the delivery before it finished. The caller
+    holds the endpoint's lock, exclusive."""
+    head = aliased(WebhookDelivery, name="head")
+    heads = [
+        select(head.id).where(head.endpoint_id == endpoint_id, head.contact_id == contact_id,
+                              head.status == PENDING)
+        .order_by(head.sequence, head.id).limit(1).scalar_subquery()
+        for contact_id in sorted(set(contact_ids))
+    ]
+    if heads:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(heads), WebhookDelivery.next_attempt_at == PARKED)
+            .values(next_attempt_at=now)
+        )
+
+
+def park_followers(session: Session, endpoint_id: str, now: datetime) -> None:
+    """Park every pending delivery of the endpoint not in flight that comes after a pending one
+    of its contact (a replay made them all due). The caller holds the endpoint's lock,
+    exclusive."""
+    earlier = aliased(WebhookDelivery, name="earlier")
+    session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == PENDING,
+            WebhookDelivery.next_attempt_at != PARKED,
+            or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until <= now),
+            select(earlier.id).where(
+                earlier.endpoint_id == endpoint_id,
+                earlier.contact_id == WebhookDelivery.contact_id, earlier.status == PENDING,
+                tuple_(earlier.sequence, earlier.id)
+                < tuple_(WebhookDelivery.sequence, WebhookDelivery.id),
+            ).exists(),
+        )
+        .values(next_attempt_at=PARKED)
+    )
 
 
 def release(session: Session, claim: Claim) -> None:

@@ -24,6 +24,7 @@ from contactsync.ids import new_webhook_id
 from contactsync.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from contactsync.settings import Settings
 from contactsync.timeutil import isoformat
+from contactsync.webhook_claims import lock_endpoints, park_followers
 from contactsync.webhook_secrets import ROTATION_OVERLAP, new_secret, seal
 from contactsync.webhook_urls import check_url
 
@@ -144,7 +145,9 @@ def list_attempts(
 def replay(session: Session, endpoint: WebhookEndpoint, since: datetime, now: datetime) -> int:
     """Make a pending delivery, due now, of each kept event of the endpoint's account since
     `since` of a type it receives; return how many. A delivery the event already had starts
-    over (no attempts, made now), so the retry schedule runs in full again."""
+    over (no attempts, made now), so the retry schedule runs in full again; each but its
+    contact's first is then parked behind it."""
+    lock_endpoints(session, [endpoint.id], exclusive=True)
     events = (
         select(
             literal(endpoint.id), WebhookEvent.event_id, WebhookEvent.contact_id,
@@ -173,7 +176,9 @@ def replay(session: Session, endpoint: WebhookEndpoint, since: datetime, now: da
               "claimed_until": None},
     )
     # Counted from RETURNING: psycopg's rowcount of an INSERT … SELECT upsert is -1.
-    return len(session.execute(statement.returning(WebhookDelivery.id)).all())
+    made = len(session.execute(statement.returning(WebhookDelivery.id)).all())
+    park_followers(session, endpoint.id, now)
+    return made
 
 
 def announce_change(redis: Redis) -> None:

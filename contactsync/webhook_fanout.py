@@ -1,5 +1,6 @@
 """Fan-out at the source: each change event the relay publishes becomes one stored event and
-one pending delivery per enabled endpoint of its account subscribed to its type.
+one pending delivery per enabled endpoint of its account subscribed to its type, parked if
+an earlier one of its contact is pending (contactsync/webhook_claims.py).
 
 In the relay's transaction, the one that deletes the published outbox rows: an event is
 handed to webhooks exactly when it leaves the outbox, never twice, never lost. Set-based
@@ -23,6 +24,7 @@ from contactsync import names
 from contactsync.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from contactsync.row_batches import RowInsert
 from contactsync.timeutil import parse_iso
+from contactsync.webhook_claims import lock_endpoints, park_behind
 
 _EVENTS: Table = WebhookEvent.__table__  # type: ignore[assignment]
 _DELIVERIES: Table = WebhookDelivery.__table__  # type: ignore[assignment]
@@ -126,5 +128,7 @@ def fan_out(
         return 0
     connection: Connection = session.connection()
     _INSERT_EVENTS.run(connection, events)
+    lock_endpoints(session, {d["endpoint_id"] for d in deliveries})
+    park_behind(session, deliveries)
     _INSERT_DELIVERIES.run(connection, deliveries)
     return len(deliveries)

@@ -15,7 +15,7 @@ from contactsync.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from contactsync.row_batches import RowInsert, RowUpdate
 from contactsync.settings import Settings
 from contactsync.timeutil import as_utc, isoformat
-from contactsync.webhook_claims import FAILED, PENDING, SUCCEEDED
+from contactsync.webhook_claims import FAILED, PENDING, SUCCEEDED, promote_heads
 
 log = logging.getLogger("contactsync.webhooks")
 
@@ -66,11 +66,13 @@ def record_results(
     now: datetime,
 ) -> Recorded:
     """Record the attempts of one task's claim and what follows from them."""
+    # Exclusive: a finished head promotes the next (`lock_endpoints`).
     endpoint = session.execute(
         select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id).with_for_update()
     ).scalar_one_or_none()
     held = {row.id: row for row in session.execute(
-        select(WebhookDelivery.id, WebhookDelivery.attempts, WebhookDelivery.first_attempt_at)
+        select(WebhookDelivery.id, WebhookDelivery.contact_id, WebhookDelivery.attempts,
+               WebhookDelivery.first_attempt_at)
         .where(WebhookDelivery.id.in_([r.delivery_id for r in results]),
                WebhookDelivery.claim_token == token, WebhookDelivery.status == PENDING)
         .with_for_update()
@@ -105,6 +107,9 @@ def record_results(
         "duration_ms": r.duration_ms, "error": r.error[:ERROR_MAX] if r.error else None,
     } for r in results])
     _UPDATE_DELIVERIES.run(connection, changes)
+    promote_heads(session, endpoint_id, (
+        held[r.delivery_id].contact_id for r in (*recorded.succeeded, *recorded.failed)
+    ), now)
     _endpoint_state(session, endpoint, recorded, settings, now)
     return recorded
 

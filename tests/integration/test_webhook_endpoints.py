@@ -10,6 +10,7 @@ from sqlalchemy import select
 from contactsync.db import Database
 from contactsync.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from contactsync.timeutil import as_utc, utcnow
+from contactsync.webhook_claims import PARKED
 from contactsync.webhook_endpoints import (
     EndpointChange,
     create_endpoint,
@@ -157,7 +158,8 @@ def test_replay_makes_and_resets_deliveries(db: Database) -> None:
         rows = session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.sequence)).all()
         assert [(r.event_id[-1], r.status, r.attempts, r.finished_at) for r in rows] == [
             ("2", "pending", 0, None), ("4", "pending", 0, None)]
-        assert all(as_utc(r.next_attempt_at) == now for r in rows)
+        # Due now, the contact's first; the later one parked behind it.
+        assert [as_utc(r.next_attempt_at) for r in rows] == [now, PARKED]
         attempts, cursor = list_attempts(session, endpoint_id, limit=10)
         assert [(x.status_code, status) for x, status in attempts] == [(500, "pending")]
         assert cursor is None

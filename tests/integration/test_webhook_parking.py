@@ -1,0 +1,225 @@
+"""Parking, on both databases, without workers: a delivery behind an earlier pending one of its
+contact waits out of the claims' scan until that one finishes, and is never parked for good."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from datetime import datetime, timedelta
+
+import hypothesis
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
+from redis import Redis
+
+from contactsync import webhook_endpoints as store
+from contactsync.db import Database
+from contactsync.models import WebhookDelivery, WebhookEndpoint
+from contactsync.settings import Settings
+from contactsync.timeutil import utcnow
+from contactsync.webhook_claims import PARKED, PENDING, Claim, claim_due
+from contactsync.webhook_outcomes import Result, record_results
+from tests.conftest import make_tenant
+from tests.integration.test_webhook_claims import event, fanned
+from tests.support import wait_blocked
+from tests.webhook_support import deliveries, make_endpoint
+
+_tenants = itertools.count()
+
+
+def _is_parked(row: WebhookDelivery) -> bool:
+    return row.next_attempt_at.year == PARKED.year  # SQLite gives it back without its zone
+
+
+def _parked(db: Database, endpoint_id: str) -> list[int]:
+    return [d.sequence for d in deliveries(db, endpoint_id)
+            if d.status == PENDING and _is_parked(d)]
+
+
+def _claim(db: Database, settings: Settings, now: datetime) -> list[Claim]:
+    with db.unit_of_work() as session:
+        return claim_due(session, settings, now)
+
+
+def _record(db: Database, settings: Settings, claims: list[Claim], now: datetime,
+            status_code: int) -> None:
+    """Record one attempt of each claimed delivery, answered `status_code`."""
+    for claim in claims:
+        results = [
+            Result(delivery_id, event_id, now, 5, status_code, None,
+                   retry_at=now + timedelta(minutes=1))
+            for delivery_id, event_id in zip(claim.delivery_ids, claim.event_ids, strict=True)
+        ]
+        with db.unit_of_work() as session:
+            record_results(session, claim.endpoint_id, claim.token, results, settings, now)
+
+
+def _sequences(db: Database, claims: list[Claim]) -> list[int]:
+    ids = {i for claim in claims for i in claim.delivery_ids}
+    endpoint_ids = {claim.endpoint_id for claim in claims}
+    return sorted(d.sequence for e in endpoint_ids for d in deliveries(db, e) if d.id in ids)
+
+
+def test_deliveries_behind_a_head_wait_parked_until_it_finishes(
+    db: Database, settings: Settings, redis_client: Redis
+) -> None:
+    acme = make_tenant(db, "acme")
+    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    now = utcnow() + timedelta(hours=1)  # no running relay of another test dispatches these
+    fanned(db, [event(acme.account_id, "cnt_1", s) for s in (1, 2, 3)]
+           + [event(acme.account_id, "cnt_2", 4)], now)
+    fanned(db, [event(acme.account_id, "cnt_1", 5)], now)  # behind a stored head
+    assert _parked(db, endpoint_id) == [2, 3, 5]
+
+    first = _claim(db, settings, now)
+    assert _sequences(db, first) == [1, 4]
+    _record(db, settings, first, now, 204)  # 1 succeeded: 2 is due now, 3 and 5 still wait
+    assert _parked(db, endpoint_id) == [3, 5]
+
+    second = _claim(db, settings, now)
+    assert _sequences(db, second) == [2]
+    _record(db, settings, second, now, 500)  # retried in a minute: the rest stays parked
+    assert _parked(db, endpoint_id) == [3, 5]
+    assert _claim(db, settings, now) == []
+
+    later = now + timedelta(minutes=1)
+    third = _claim(db, settings, later)
+    assert _sequences(db, third) == [2]
+    out_of_retries = settings.model_copy(update={"webhook_retry_for_seconds": 0})
+    _record(db, out_of_retries, third, later, 500)  # finally failed: the next one goes
+    assert _parked(db, endpoint_id) == [5]
+    assert _sequences(db, _claim(db, settings, later)) == [3]
+
+
+def test_a_fan_out_waits_for_a_finishing_head_and_does_not_park_behind_it(
+    db: Database, settings: Settings, redis_client: Redis
+) -> None:
+    acme = make_tenant(db, "acme")
+    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    now = utcnow() + timedelta(hours=1)
+    fanned(db, [event(acme.account_id, "cnt_1", 1)], now)
+    (claim,) = _claim(db, settings, now)
+    late = threading.Thread(target=fanned, args=(db, [event(acme.account_id, "cnt_1", 2)], now))
+    # The head's success is recorded while the next event fans out. Had the fan-out read the
+    # head as pending before this commit, it would park the new delivery behind it, and this
+    # commit, which saw no later delivery to promote, would leave it parked for good.
+    with db.unit_of_work() as session:
+        result = Result(claim.delivery_ids[0], claim.event_ids[0], now, 5, 204, None, now)
+        record_results(session, endpoint_id, claim.token, [result], settings, now)
+        late.start()
+        wait_blocked(db, late.native_id, late.is_alive)
+    late.join()
+    assert [(d.sequence, d.status) for d in deliveries(db, endpoint_id)] == [
+        (1, "succeeded"), (2, PENDING)]
+    assert _parked(db, endpoint_id) == []
+
+
+def test_a_replay_parks_each_contact_s_later_deliveries_behind_its_first(
+    db: Database, settings: Settings, redis_client: Redis
+) -> None:
+    acme = make_tenant(db, "acme")
+    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    now = utcnow() + timedelta(hours=1)
+    since = utcnow() - timedelta(minutes=1)
+    fanned(db, [event(acme.account_id, c, s) for c, s in
+                (("cnt_1", 1), ("cnt_1", 2), ("cnt_2", 3))], now)
+    _record(db, settings, _claim(db, settings, now), now, 204)
+    _record(db, settings, _claim(db, settings, now), now, 204)
+    assert {d.status for d in deliveries(db, endpoint_id)} == {"succeeded"}
+    with db.unit_of_work() as session:
+        endpoint = session.get(WebhookEndpoint, endpoint_id)
+        assert endpoint is not None
+        assert store.replay(session, endpoint, since, now) == 3
+    assert _parked(db, endpoint_id) == [2]
+    assert _sequences(db, _claim(db, settings, now)) == [1, 3]
+
+
+def test_a_claim_waits_for_a_replay_and_sends_the_earlier_delivery_first(
+    db: Database, settings: Settings, redis_client: Redis
+) -> None:
+    acme = make_tenant(db, "acme")
+    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    now = utcnow() + timedelta(hours=1)
+    since = utcnow() - timedelta(minutes=1)
+    fanned(db, [event(acme.account_id, "cnt_1", 1)], now)
+    _record(db, settings, _claim(db, settings, now), now, 204)
+    fanned(db, [event(acme.account_id, "cnt_1", 2)], now)  # the head now: 1 succeeded
+    claimed: list[list[Claim]] = []
+    claiming = threading.Thread(target=lambda: claimed.append(_claim(db, settings, now)))
+    with db.unit_of_work() as session:  # 1 is pending again, before 2
+        endpoint = session.get(WebhookEndpoint, endpoint_id)
+        assert endpoint is not None
+        store.replay(session, endpoint, since, now)
+        claiming.start()
+        wait_blocked(db, claiming.native_id, claiming.is_alive)
+        assert claiming.is_alive()  # it reads the heads only once the replay committed
+    claiming.join()
+    assert _sequences(db, claimed[0]) == [1]
+
+
+# What happens to one endpoint's deliveries, step by step: an event of a contact fans out (its
+# sequence), the due heads are claimed and each answered (204: done; 500: retried in a minute,
+# or finally failed when out of retries), the clock moves on, or the events are replayed.
+_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("event"), st.sampled_from(["cnt_a", "cnt_b", "cnt_c"]), st.integers(1, 9)),
+    st.tuples(st.just("answer"), st.sampled_from([204, 500, "fail"]), st.none()),
+    st.tuples(st.just("tick"), st.none(), st.none()),
+    st.tuples(st.just("replay"), st.none(), st.none()),
+), max_size=16)
+
+
+def _heads_are_due(rows: list[WebhookDelivery]) -> None:
+    """Each contact's head (its pending delivery of lowest sequence, then id) is not parked."""
+    pending = [r for r in rows if r.status == PENDING]
+    for contact in {r.contact_id for r in pending}:
+        head = min((r for r in pending if r.contact_id == contact),
+                   key=lambda r: (r.sequence, r.id))
+        assert not _is_parked(head), (contact, [(r.sequence, r.next_attempt_at) for r in pending])
+
+
+@hypothesis.settings(max_examples=60, deadline=None, database=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                            HealthCheck.too_slow])
+@given(steps=_STEPS)
+def test_no_step_leaves_a_head_parked(
+    db: Database, settings: Settings, steps: list[tuple[str, object, object]]
+) -> None:
+    acme = make_tenant(db, f"acme{next(_tenants)}")
+    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    out_of_retries = settings.model_copy(update={"webhook_retry_for_seconds": 0})
+    since = utcnow() - timedelta(minutes=1)
+    now = utcnow().replace(microsecond=0) + timedelta(hours=1)
+    made = itertools.count()
+    for kind, what, sequence in steps:
+        if kind == "event":
+            assert isinstance(what, str) and isinstance(sequence, int)
+            payload = event(acme.account_id, what, sequence).replace(
+                '"id":"evt_', f'"id":"evt_{next(made)}_', 1)  # an event of its own each time
+            fanned(db, [payload], now)
+        elif kind == "answer":
+            claims = _claim(db, settings, now)
+            if what == "fail":
+                _record(db, out_of_retries, claims, now, 500)
+            else:
+                assert isinstance(what, int)
+                _record(db, settings, claims, now, what)
+        elif kind == "tick":
+            now += timedelta(minutes=1)
+        else:
+            with db.unit_of_work() as session:
+                endpoint = session.get(WebhookEndpoint, endpoint_id)
+                assert endpoint is not None
+                store.replay(session, endpoint, since, now)
+        _heads_are_due(deliveries(db, endpoint_id))
+    # And whatever is pending goes out in the end, each contact in sequence order.
+    sent: list[tuple[str, int]] = []
+    for _ in range(len(steps) + 1):
+        now += timedelta(minutes=1)
+        claims = _claim(db, settings, now)
+        by_id = {d.id: d for d in deliveries(db, endpoint_id)}
+        sent += [(by_id[i].contact_id, by_id[i].sequence) for c in claims for i in c.delivery_ids]
+        _record(db, settings, claims, now, 204)
+    assert {d.status for d in deliveries(db, endpoint_id)} <= {"succeeded", "failed"}
+    for contact in {c for c, _ in sent}:
+        mine = [s for c, s in sent if c == contact]
+        assert mine == sorted(mine), (contact, mine)
