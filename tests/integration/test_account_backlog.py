@@ -82,3 +82,17 @@ def test_a_count_left_behind_by_a_dead_worker_is_corrected(
     assert account_backlog.reconcile(redis) == 2
     assert not redis.exists(names.account_pending_key("acc_bulk"))
     assert not redis.smembers(names.BACKLOG_ACCOUNTS_KEY)
+
+
+def test_a_set_of_many_pages_is_corrected_page_by_page(settings: Settings, redis: Redis) -> None:
+    waiting = {f"upd_{n:06d}": n for n in range(account_backlog.PAGE * 5 // 2)}
+    account_key = names.account_pending_key("acc_bulk")
+    redis.zadd(account_key, waiting)
+    redis.sadd(names.BACKLOG_ACCOUNTS_KEY, "acc_bulk")
+    still = {m: s for m, s in waiting.items() if s % 3 == 0}  # the others finished meanwhile
+    redis.zadd(names.PENDING_KEY, still)
+    assert account_backlog.reconcile(redis) == len(waiting) - len(still)
+    # The members that stay keep their scores (when they were accepted).
+    assert redis.zrange(account_key, 0, -1, withscores=True) == [
+        (m.encode(), float(s)) for m, s in still.items()]
+    assert {m.decode() for m in redis.smembers(names.BACKLOG_ACCOUNTS_KEY)} == {"acc_bulk"}
