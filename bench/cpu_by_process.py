@@ -1,9 +1,12 @@
-"""Where section (g)'s CPU goes: run `python -m bench ARGS` and add up, from /proc, the CPU
+"""Where a section's CPU goes: run `python -m bench ARGS` and add up, from /proc, the CPU
 each kind of process it started used (the delivery worker, the update worker, the relays,
 the gateway, the receiver, Redis, and PostgreSQL's backends of the run's database), from the
-moment the delivery worker appears to the end; sample PostgreSQL's active queries meanwhile.
+moment a process of kind `--after` appears (the delivery worker: section (g)) to the end;
+sample PostgreSQL's active queries meanwhile.
 
 `python -m bench.cpu_by_process [--spy SECONDS] -- --seconds 10 --only g`
+`python -m bench.cpu_by_process --after gateway -- --seconds 10 --only c` (the bulk path, from
+its gateway's start: after the raw SQL baseline)
 
 With `--spy`, `py-spy record` (pip install py-spy; not a dependency) samples the delivery
 worker (its pool processes too) and the relays for that long, from 4 s after the delivery
@@ -114,6 +117,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu_by_process", description=__doc__)
     parser.add_argument("--spy", type=int, default=0, help="seconds of py-spy (0: none)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-py-spy"))
+    parser.add_argument("--after", default="delivery worker",
+                        help="the kind of process whose start starts the count")
     parser.add_argument("bench", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     bench = subprocess.Popen([sys.executable, "-m", "bench",
@@ -126,7 +131,7 @@ def main() -> int:
     spies: list[subprocess.Popen[bytes]] = []
     while bench.poll() is None:
         census.sample()
-        if started is None and census.alive("delivery worker"):
+        if started is None and census.alive(args.after):
             started, started_wall, at_start = time.monotonic(), time.time(), dict(census.cpu)
         if args.spy and started is not None and not spies and time.monotonic() - started > 4:
             args.out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +144,7 @@ def main() -> int:
     totals: dict[str, float] = defaultdict(float)
     for pid, cpu in census.cpu.items():
         totals[census.kind[pid]] += cpu - at_start.get(pid, 0.0)
-    print(f"\nCPU from the delivery worker's start to the end ({took:.1f} s):")
+    print(f"\nCPU from the {args.after}'s start to the end ({took:.1f} s):")
     for kind, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
         share = seconds / max(took, 1e-9) * 100
         print(f"  {kind:38s} {seconds:7.2f} s  ({share:5.1f} % of a core)")
