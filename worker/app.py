@@ -34,10 +34,10 @@ def transport_options(settings: Settings) -> dict[str, object]:
         # leave it behind and stop every restore for five minutes. A sweep takes milliseconds,
         # and two at once are harmless (each restore is a transaction on the message).
         "unacked_mutex_expire": sweep_interval(settings),
-        # Single updates first: a worker asks for the queues in the order it consumes them
-        # (contacts.updates, then contacts.bulk) and takes a bulk message only when no single
-        # one waits. kombu's default takes turns, so a flood of batches slowed every PUT.
-        "queue_order_strategy": "priority",
+        # Single updates first, bulk never starved (worker/queue_order.py). kombu's default
+        # takes turns, so a flood of batches slowed every PUT; its `priority` order took a
+        # bulk message only when no single one waited, so busy PUTs held batches back.
+        "queue_order_strategy": "worker.queue_order:SinglesFirst",
         # A dead worker's messages come back long before that (worker/liveness.py).
         "worker_heartbeat": settings.worker_heartbeat_seconds,
         "worker_dead_after": settings.worker_dead_after_seconds,
