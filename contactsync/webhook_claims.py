@@ -123,7 +123,6 @@ def claim_due(session: Session, settings: Settings, now: datetime) -> list[Claim
     free = {endpoint_id: n for endpoint_id, n in slots.items() if n > 0}
     if not free:
         return []
-    lock_endpoints(session, free)
     size = settings.webhook_batch_size
     # The whole dispatch batch, not only what the free slots take: heads come in due order
     # across endpoints, and one endpoint's many old heads would fill a smaller limit alone.
@@ -178,12 +177,13 @@ def lock_endpoints(session: Session, endpoint_ids: Iterable[str], *,
 
     Whatever changes which of an endpoint's deliveries are heads takes the lock exclusive:
     recording an attempt (a head finishes, the next is promoted) and a replay (deliveries
-    become pending again). What reads the heads takes it shared, in a statement of its own
-    before it reads them: the fan-out, which parks a new delivery behind a head it sees, and
-    a claim. Each so reads the heads as the last exclusive holder left them; without it a
-    fan-out could park a delivery behind a head whose outcome committed meanwhile and promoted
-    none (parked for good), and a claim could send a later delivery that a replay committing
-    during its scan had put behind an earlier one. SQLite writes one transaction at a time.
+    become pending again). The fan-out, which parks a new delivery behind a head it reads,
+    takes it shared in a statement of its own before it reads them, so it reads the heads as
+    the last exclusive holder left them: else it could park a delivery behind a head whose
+    outcome committed meanwhile and promoted none, parked for good. Claims take no lock: the
+    rows a replay makes wait behind an earlier one it parks, so a claim running beside it
+    either skips them (locked) or sees them parked when it rechecks them. SQLite writes one
+    transaction at a time.
     """
     ids = sorted(set(endpoint_ids))
     if ids:

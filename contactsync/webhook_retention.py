@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from contactsync.db import Database
 from contactsync.models import WebhookDelivery, WebhookEvent
@@ -23,13 +24,8 @@ def prune(db: Database, settings: Settings, now: datetime, max_batches: int = 20
     removed = 0
     for _ in range(max_batches):
         with db.unit_of_work() as session:
-            ids = list(session.scalars(
-                select(WebhookDelivery.id)
-                .where(WebhookDelivery.status != PENDING, WebhookDelivery.created_at < cutoff)
-                .limit(PRUNE_BATCH)
-            ))
-            if ids:
-                session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids)))
+            ids = finished_before(session, cutoff)
+            delete_finished(session, ids, cutoff)
         removed += len(ids)
         if len(ids) < PRUNE_BATCH:
             break
@@ -43,8 +39,32 @@ def prune(db: Database, settings: Settings, now: datetime, max_batches: int = 20
                 .where(WebhookEvent.occurred_at < cutoff, ~waiting).limit(PRUNE_BATCH)
             ))
             if event_ids:
-                session.execute(delete(WebhookEvent).where(WebhookEvent.event_id.in_(event_ids)))
+                session.execute(delete(WebhookEvent).where(
+                    WebhookEvent.event_id.in_(event_ids), ~waiting))
         removed += len(event_ids)
         if len(event_ids) < PRUNE_BATCH:
             break
     return removed
+
+
+def finished_before(session: Session, cutoff: datetime) -> list[int]:
+    """Return the ids of a batch of finished deliveries made before `cutoff`."""
+    return list(session.scalars(
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.status != PENDING, WebhookDelivery.created_at < cutoff)
+        .limit(PRUNE_BATCH)
+    ))
+
+
+def delete_finished(session: Session, ids: list[int], cutoff: datetime) -> None:
+    """Delete the deliveries `ids` that are still finished and made before `cutoff`.
+
+    Checked again in the DELETE, which PostgreSQL re-checks on a row changed since it was
+    read: a replay may have made one pending meanwhile, its contact's head, and the next
+    delivery parked behind it would then wait for a head that is gone.
+    """
+    if ids:
+        session.execute(delete(WebhookDelivery).where(
+            WebhookDelivery.id.in_(ids), WebhookDelivery.status != PENDING,
+            WebhookDelivery.created_at < cutoff,
+        ))
