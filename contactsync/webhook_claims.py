@@ -273,6 +273,32 @@ def promote_heads(session: Session, endpoint_id: str, contact_ids: Iterable[str]
         )
 
 
+def unpark_stranded(session: Session, now: datetime) -> int:
+    """Make due every parked delivery that is its contact's head; return how many.
+
+    None should be: a head that finishes promotes the next. This is the net under what that
+    misses, say a worker of the code before parking that recorded an outcome during an
+    upgrade (it promotes nothing). Unparking is always safe (claims send heads only); each
+    parked row costs one index probe.
+    """
+    earlier = aliased(WebhookDelivery, name="earlier")
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at == PARKED,
+            ~select(earlier.id).where(
+                earlier.endpoint_id == WebhookDelivery.endpoint_id,
+                earlier.contact_id == WebhookDelivery.contact_id, earlier.status == PENDING,
+                tuple_(earlier.sequence, earlier.id)
+                < tuple_(WebhookDelivery.sequence, WebhookDelivery.id),
+            ).exists(),
+        )
+        .values(next_attempt_at=now)
+        .returning(WebhookDelivery.id)
+    )
+    return len(result.all())
+
+
 def park_followers(session: Session, endpoint_id: str, now: datetime) -> None:
     """Park every pending delivery of the endpoint not in flight that comes after a pending one
     of its contact (a replay made them all due). The caller holds the endpoint's lock,

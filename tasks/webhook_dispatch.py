@@ -18,7 +18,7 @@ from contactsync import names
 from contactsync.db import Database
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
-from contactsync.webhook_claims import claim_due, release
+from contactsync.webhook_claims import claim_due, release, unpark_stranded
 from contactsync.webhook_retention import prune
 from tasks.webhooks import argsrepr, deliver_webhooks
 
@@ -54,14 +54,21 @@ def dispatch_once(db: Database, redis: Redis, settings: Settings) -> int:
 
 
 def prune_now_and_then(db: Database, redis: Redis, settings: Settings) -> None:
-    """Prune old webhook events and deliveries, if no relay did in the last few minutes."""
+    """Prune old webhook events and deliveries, and make due any parked delivery nothing holds
+    back (`unpark_stranded`), if no relay did in the last few minutes."""
     try:
         if not redis.set(names.WEBHOOK_PRUNE_LOCK_KEY, os.getpid(), nx=True,
                          ex=PRUNE_EVERY_SECONDS):
             return
         removed = prune(db, settings, utcnow())
+        with db.unit_of_work() as session:
+            unparked = unpark_stranded(session, utcnow())
     except Exception as exc:
-        log.warning("pruning old webhook events failed (%s); will retry", type(exc).__name__)
+        log.warning("webhook housekeeping (pruning, parked deliveries) failed (%s); will retry",
+                    type(exc).__name__)
         return
     if removed:
         log.info("pruned %d webhook events and deliveries past their retention", removed)
+    if unparked:
+        log.warning("made due %d parked webhook deliveries that no earlier delivery held back",
+                    unparked)

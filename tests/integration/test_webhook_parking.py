@@ -18,7 +18,7 @@ from contactsync.db import Database
 from contactsync.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
-from contactsync.webhook_claims import PARKED, PENDING, Claim, claim_due
+from contactsync.webhook_claims import PARKED, PENDING, Claim, claim_due, unpark_stranded
 from contactsync.webhook_outcomes import Result, record_results
 from contactsync.webhook_retention import delete_finished, finished_before
 from tests.conftest import make_tenant
@@ -193,69 +193,102 @@ def test_prune_leaves_a_delivery_a_replay_made_pending_after_it_was_chosen(
     assert _sequences(db, _claim(db, settings, now)) == [1]
 
 
-# What happens to one endpoint's deliveries, step by step: an event of a contact fans out (its
-# sequence), the due heads are claimed and each answered (204: done; 500: retried in a minute,
-# or finally failed when out of retries), the clock moves on, or the events are replayed.
+# What happens to two endpoints' deliveries, step by step: an event of a contact fans out to
+# both (its sequence); the due heads are claimed, and stay in flight until the claims are
+# answered (204: done; 500: retried in a minute; "fail": out of retries); the clock moves on;
+# or one endpoint replays the events since the n-th one (0: all of them).
 _STEPS = st.lists(st.one_of(
     st.tuples(st.just("event"), st.sampled_from(["cnt_a", "cnt_b", "cnt_c"]), st.integers(1, 9)),
+    st.tuples(st.just("claim"), st.none(), st.none()),
     st.tuples(st.just("answer"), st.sampled_from([204, 500, "fail"]), st.none()),
     st.tuples(st.just("tick"), st.none(), st.none()),
-    st.tuples(st.just("replay"), st.none(), st.none()),
-), max_size=16)
+    st.tuples(st.just("replay"), st.integers(0, 1), st.integers(0, 6)),
+), max_size=18)
 
 
-def _heads_are_due(rows: list[WebhookDelivery]) -> None:
-    """Each contact's head (its pending delivery of lowest sequence, then id) is not parked."""
+def _check(rows: list[WebhookDelivery], now: datetime) -> None:
+    """Each contact's head (its pending delivery of lowest sequence, then id) is not parked,
+    and at most one of its deliveries is in flight."""
     pending = [r for r in rows if r.status == PENDING]
     for contact in {r.contact_id for r in pending}:
-        head = min((r for r in pending if r.contact_id == contact),
-                   key=lambda r: (r.sequence, r.id))
-        assert not _is_parked(head), (contact, [(r.sequence, r.next_attempt_at) for r in pending])
+        mine = [r for r in pending if r.contact_id == contact]
+        head = min(mine, key=lambda r: (r.sequence, r.id))
+        assert not _is_parked(head), (contact, [(r.sequence, r.next_attempt_at) for r in mine])
+        flying = [r for r in mine if r.claimed_until is not None
+                  and r.claimed_until.replace(tzinfo=None) > now.replace(tzinfo=None)]
+        assert len(flying) <= 1, (contact, [r.sequence for r in flying])
 
 
 @hypothesis.settings(max_examples=60, deadline=None, database=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture,
                                             HealthCheck.too_slow])
 @given(steps=_STEPS)
-def test_no_step_leaves_a_head_parked(
+def test_no_step_leaves_a_head_parked_or_two_deliveries_in_flight(
     db: Database, settings: Settings, steps: list[tuple[str, object, object]]
 ) -> None:
     acme = make_tenant(db, f"acme{next(_tenants)}")
-    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    endpoint_ids = [make_endpoint(db, settings, acme.account_id, f"https://{n}.example/h")[0]
+                    for n in "ab"]
     out_of_retries = settings.model_copy(update={"webhook_retry_for_seconds": 0})
-    since = utcnow() - timedelta(minutes=1)
+    times = [utcnow() - timedelta(minutes=1)]  # replay since: before all, or an event's time
     now = utcnow().replace(microsecond=0) + timedelta(hours=1)
     made = itertools.count()
-    for kind, what, sequence in steps:
+    in_flight: list[Claim] = []
+    for kind, what, which in steps:
         if kind == "event":
-            assert isinstance(what, str) and isinstance(sequence, int)
-            payload = event(acme.account_id, what, sequence).replace(
+            assert isinstance(what, str) and isinstance(which, int)
+            times.append(utcnow())
+            payload = event(acme.account_id, what, which).replace(
                 '"id":"evt_', f'"id":"evt_{next(made)}_', 1)  # an event of its own each time
             fanned(db, [payload], now)
+        elif kind == "claim":
+            in_flight += _claim(db, settings, now)
         elif kind == "answer":
-            claims = _claim(db, settings, now)
             if what == "fail":
-                _record(db, out_of_retries, claims, now, 500)
+                _record(db, out_of_retries, in_flight, now, 500)
             else:
                 assert isinstance(what, int)
-                _record(db, settings, claims, now, what)
+                _record(db, settings, in_flight, now, what)
+            in_flight = []
         elif kind == "tick":
             now += timedelta(minutes=1)
         else:
+            assert isinstance(what, int) and isinstance(which, int)
             with db.unit_of_work() as session:
-                endpoint = session.get(WebhookEndpoint, endpoint_id)
+                endpoint = session.get(WebhookEndpoint, endpoint_ids[what])
                 assert endpoint is not None
-                store.replay(session, endpoint, since, now)
-        _heads_are_due(deliveries(db, endpoint_id))
+                store.replay(session, endpoint, times[min(which, len(times) - 1)], now)
+        for endpoint_id in endpoint_ids:
+            _check(deliveries(db, endpoint_id), now)
+    _record(db, settings, in_flight, now, 204)
     # And whatever is pending goes out in the end, each contact in sequence order.
-    sent: list[tuple[str, int]] = []
+    sent: list[tuple[str, str, int]] = []
     for _ in range(len(steps) + 1):
         now += timedelta(minutes=1)
         claims = _claim(db, settings, now)
-        by_id = {d.id: d for d in deliveries(db, endpoint_id)}
-        sent += [(by_id[i].contact_id, by_id[i].sequence) for c in claims for i in c.delivery_ids]
+        by_id = {d.id: d for e in endpoint_ids for d in deliveries(db, e)}
+        sent += [(c.endpoint_id, by_id[i].contact_id, by_id[i].sequence)
+                 for c in claims for i in c.delivery_ids]
         _record(db, settings, claims, now, 204)
-    assert {d.status for d in deliveries(db, endpoint_id)} <= {"succeeded", "failed"}
-    for contact in {c for c, _ in sent}:
-        mine = [s for c, s in sent if c == contact]
-        assert mine == sorted(mine), (contact, mine)
+    for endpoint_id in endpoint_ids:
+        assert {d.status for d in deliveries(db, endpoint_id)} <= {"succeeded", "failed"}
+    for endpoint_id, contact in {(e, c) for e, c, _ in sent}:
+        mine = [s for e, c, s in sent if (e, c) == (endpoint_id, contact)]
+        assert mine == sorted(mine), (endpoint_id, contact, mine)
+
+
+def test_the_sweep_makes_a_stranded_head_due_and_leaves_the_rest_parked(
+    db: Database, settings: Settings, redis_client: Redis
+) -> None:
+    acme = make_tenant(db, "acme")
+    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    now = utcnow() + timedelta(hours=1)
+    fanned(db, [event(acme.account_id, "cnt_1", s) for s in (1, 2, 3)], now)
+    with db.unit_of_work() as session:  # 1 finished as a worker of the code before parking
+        session.execute(update(WebhookDelivery).where(WebhookDelivery.sequence == 1)
+                        .values(status="succeeded"))
+    assert _parked(db, endpoint_id) == [2, 3]
+    with db.unit_of_work() as session:
+        assert unpark_stranded(session, now) == 1
+    assert _parked(db, endpoint_id) == [3]
+    assert _sequences(db, _claim(db, settings, now)) == [2]
