@@ -25,6 +25,7 @@ from contactsync.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint,
 from contactsync.settings import Settings
 from contactsync.timeutil import isoformat
 from contactsync.webhook_claims import lock_endpoints, park_followers
+from contactsync.webhook_retention import hold_events
 from contactsync.webhook_secrets import ROTATION_OVERLAP, new_secret, seal
 from contactsync.webhook_urls import check_url
 
@@ -148,6 +149,7 @@ def replay(session: Session, endpoint: WebhookEndpoint, since: datetime, now: da
     over (no attempts, made now), so the retry schedule runs in full again; each but its
     contact's first is then parked behind it."""
     lock_endpoints(session, [endpoint.id], exclusive=True)
+    hold_events(session)
     events = (
         select(
             literal(endpoint.id), WebhookEvent.event_id, WebhookEvent.contact_id,

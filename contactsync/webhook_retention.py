@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from contactsync.db import Database
@@ -15,6 +15,22 @@ from contactsync.settings import Settings
 from contactsync.webhook_claims import PENDING
 
 PRUNE_BATCH = 1000  # rows a transaction deletes
+# One advisory lock between pruning events and replaying them (an arbitrary constant: the
+# ASCII of "whev").
+_EVENTS_LOCK = 0x77686576
+
+
+def hold_events(session: Session, *, exclusive: bool = False) -> None:
+    """Hold the kept events until the transaction ends: shared by a replay, which makes
+    deliveries of old events pending again; exclusive by pruning, which deletes the events no
+    pending delivery waits for. Without it a prune could delete an event a replay committing
+    meanwhile had just made pending (its check of waiting deliveries reads a snapshot from
+    before that commit), and that delivery, its contact's head, could never be sent. One key,
+    whatever the account: replays are rare, and a prune's transaction takes milliseconds.
+    On SQLite, where one transaction writes at a time, nothing to do."""
+    if session.get_bind().dialect.name == "postgresql":
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        session.execute(text(f"SELECT {function}(:key)"), {"key": _EVENTS_LOCK})
 
 
 def prune(db: Database, settings: Settings, now: datetime, max_batches: int = 20) -> int:
@@ -34,6 +50,7 @@ def prune(db: Database, settings: Settings, now: datetime, max_batches: int = 20
     ).exists()
     for _ in range(max_batches):
         with db.unit_of_work() as session:
+            hold_events(session, exclusive=True)
             event_ids = list(session.scalars(
                 select(WebhookEvent.event_id)
                 .where(WebhookEvent.occurred_at < cutoff, ~waiting).limit(PRUNE_BATCH)

@@ -11,7 +11,7 @@ import hypothesis
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from redis import Redis
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from contactsync import webhook_endpoints as store
 from contactsync.db import Database
@@ -20,7 +20,7 @@ from contactsync.settings import Settings
 from contactsync.timeutil import utcnow
 from contactsync.webhook_claims import PARKED, PENDING, Claim, claim_due, unpark_stranded
 from contactsync.webhook_outcomes import Result, record_results
-from contactsync.webhook_retention import delete_finished, finished_before
+from contactsync.webhook_retention import delete_finished, finished_before, prune
 from tests.conftest import make_tenant
 from tests.integration.test_webhook_claims import event, fanned
 from tests.support import wait_blocked
@@ -292,3 +292,31 @@ def test_the_sweep_makes_a_stranded_head_due_and_leaves_the_rest_parked(
         assert unpark_stranded(session, now) == 1
     assert _parked(db, endpoint_id) == [3]
     assert _sequences(db, _claim(db, settings, now)) == [2]
+
+
+def test_prune_waits_for_a_replay_and_keeps_the_events_it_made_pending(
+    db: Database, settings: Settings, redis_client: Redis
+) -> None:
+    acme = make_tenant(db, "acme")
+    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
+    now = utcnow() + timedelta(hours=1)
+    fanned(db, [event(acme.account_id, "cnt_1", 1)], now)
+    _record(db, settings, _claim(db, settings, now), now, 204)
+    old = utcnow() - timedelta(days=settings.webhook_event_retention_days + 1)
+    with db.unit_of_work() as session:  # the delivery is pruned, its event not yet
+        session.execute(update(WebhookDelivery).values(created_at=old))
+    prune(db, settings, utcnow())
+    assert deliveries(db, endpoint_id) == []
+    with db.unit_of_work() as session:  # and now the event is past retention too
+        session.execute(update(WebhookEvent).values(occurred_at=old))
+    pruning = threading.Thread(target=prune, args=(db, settings, utcnow()))
+    with db.unit_of_work() as session:  # the event goes out again: a new pending delivery
+        endpoint = session.get(WebhookEndpoint, endpoint_id)
+        assert endpoint is not None
+        assert store.replay(session, endpoint, old - timedelta(seconds=1), now) == 1
+        pruning.start()
+        wait_blocked(db, pruning.native_id, pruning.is_alive)
+    pruning.join()
+    with db.reading() as session:  # else the delivery's event would be gone: never sent
+        assert session.scalar(select(func.count()).select_from(WebhookEvent)) == 1
+    assert _sequences(db, _claim(db, settings, now)) == [1]
