@@ -1,6 +1,6 @@
 """Fan-out at the source: each change event the relay publishes becomes one stored event and
 one pending delivery per enabled endpoint of its account subscribed to its type, parked if
-an earlier one of its contact is pending (contactsync/webhook_claims.py).
+its contact's head waits for a retry (contactsync/webhook_claims.py).
 
 In the relay's transaction, the one that deletes the published outbox rows: an event is
 handed to webhooks exactly when it leaves the outbox, never twice, never lost. Set-based
@@ -129,6 +129,6 @@ def fan_out(
     connection: Connection = session.connection()
     _INSERT_EVENTS.run(connection, events)
     lock_endpoints(session, {d["endpoint_id"] for d in deliveries})
-    park_behind(session, deliveries)
+    park_behind(session, deliveries, now)
     _INSERT_DELIVERIES.run(connection, deliveries)
     return len(deliveries)

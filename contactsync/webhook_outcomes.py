@@ -15,7 +15,13 @@ from contactsync.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from contactsync.row_batches import RowInsert, RowUpdate
 from contactsync.settings import Settings
 from contactsync.timeutil import as_utc, isoformat
-from contactsync.webhook_claims import FAILED, PENDING, SUCCEEDED, promote_heads
+from contactsync.webhook_claims import (
+    FAILED,
+    PENDING,
+    SUCCEEDED,
+    park_followers,
+    promote_heads,
+)
 
 log = logging.getLogger("contactsync.webhooks")
 
@@ -110,6 +116,9 @@ def record_results(
     promote_heads(session, endpoint_id, (
         held[r.delivery_id].contact_id for r in (*recorded.succeeded, *recorded.failed)
     ), now)
+    if recorded.retried:  # what waits behind a head that waits for its retry
+        park_followers(session, endpoint_id, now,
+                       (held[r.delivery_id].contact_id for r in recorded.retried))
     _endpoint_state(session, endpoint, recorded, settings, now)
     return recorded
 

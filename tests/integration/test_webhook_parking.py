@@ -62,33 +62,32 @@ def _sequences(db: Database, claims: list[Claim]) -> list[int]:
     return sorted(d.sequence for e in endpoint_ids for d in deliveries(db, e) if d.id in ids)
 
 
-def test_deliveries_behind_a_head_wait_parked_until_it_finishes(
+def test_deliveries_behind_a_retrying_head_wait_parked_until_it_finishes(
     db: Database, settings: Settings, redis_client: Redis
 ) -> None:
     acme = make_tenant(db, "acme")
     endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
     now = utcnow() + timedelta(hours=1)  # no running relay of another test dispatches these
-    fanned(db, [event(acme.account_id, "cnt_1", s) for s in (1, 2, 3)]
-           + [event(acme.account_id, "cnt_2", 4)], now)
-    fanned(db, [event(acme.account_id, "cnt_1", 5)], now)  # behind a stored head
-    assert _parked(db, endpoint_id) == [2, 3, 5]
+    fanned(db, [event(acme.account_id, "cnt_1", s) for s in (1, 2, 3)], now)
+    assert _parked(db, endpoint_id) == []  # behind a head that is due: due, a moment
 
     first = _claim(db, settings, now)
-    assert _sequences(db, first) == [1, 4]
-    _record(db, settings, first, now, 204)  # 1 succeeded: 2 is due now, 3 and 5 still wait
-    assert _parked(db, endpoint_id) == [3, 5]
-
-    second = _claim(db, settings, now)
-    assert _sequences(db, second) == [2]
-    _record(db, settings, second, now, 500)  # retried in a minute: the rest stays parked
-    assert _parked(db, endpoint_id) == [3, 5]
+    assert _sequences(db, first) == [1]
+    _record(db, settings, first, now, 500)  # retried in a minute: what is behind it waits
+    assert _parked(db, endpoint_id) == [2, 3]
+    fanned(db, [event(acme.account_id, "cnt_1", 5)], now)  # behind the retrying head
+    assert _parked(db, endpoint_id) == [2, 3, 5]
     assert _claim(db, settings, now) == []
 
     later = now + timedelta(minutes=1)
+    second = _claim(db, settings, later)
+    assert _sequences(db, second) == [1]
+    out_of_retries = settings.model_copy(update={"webhook_retry_for_seconds": 0})
+    _record(db, out_of_retries, second, later, 500)  # finally failed: the next one goes
+    assert _parked(db, endpoint_id) == [3, 5]
     third = _claim(db, settings, later)
     assert _sequences(db, third) == [2]
-    out_of_retries = settings.model_copy(update={"webhook_retry_for_seconds": 0})
-    _record(db, out_of_retries, third, later, 500)  # finally failed: the next one goes
+    _record(db, settings, third, later, 204)  # done: the next one goes
     assert _parked(db, endpoint_id) == [5]
     assert _sequences(db, _claim(db, settings, later)) == [3]
 
@@ -100,14 +99,17 @@ def test_a_fan_out_waits_for_a_finishing_head_and_does_not_park_behind_it(
     endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
     now = utcnow() + timedelta(hours=1)
     fanned(db, [event(acme.account_id, "cnt_1", 1)], now)
-    (claim,) = _claim(db, settings, now)
+    _record(db, settings, _claim(db, settings, now), now, 500)  # its retry: in a minute
+    later = now + timedelta(minutes=2)
+    (claim,) = _claim(db, settings, later)
+    # A relay whose clock reads `now` fans out the next event while the retry's success, at
+    # `later`, is recorded. Had it read the head before this commit, still waiting for its
+    # retry by its clock, it would park the new delivery; and this commit, which saw no
+    # later delivery to promote, would leave it parked for good.
     late = threading.Thread(target=fanned, args=(db, [event(acme.account_id, "cnt_1", 2)], now))
-    # The head's success is recorded while the next event fans out. Had the fan-out read the
-    # head as pending before this commit, it would park the new delivery behind it, and this
-    # commit, which saw no later delivery to promote, would leave it parked for good.
     with db.unit_of_work() as session:
-        result = Result(claim.delivery_ids[0], claim.event_ids[0], now, 5, 204, None, now)
-        record_results(session, endpoint_id, claim.token, [result], settings, now)
+        result = Result(claim.delivery_ids[0], claim.event_ids[0], later, 5, 204, None, later)
+        record_results(session, endpoint_id, claim.token, [result], settings, later)
         late.start()
         wait_blocked(db, late.native_id, late.is_alive)
     late.join()
@@ -284,10 +286,11 @@ def test_the_sweep_makes_a_stranded_head_due_and_leaves_the_rest_parked(
     endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
     now = utcnow() + timedelta(hours=1)
     fanned(db, [event(acme.account_id, "cnt_1", s) for s in (1, 2, 3)], now)
+    _record(db, settings, _claim(db, settings, now), now, 500)
+    assert _parked(db, endpoint_id) == [2, 3]
     with db.unit_of_work() as session:  # 1 finished as a worker of the code before parking
         session.execute(update(WebhookDelivery).where(WebhookDelivery.sequence == 1)
                         .values(status="succeeded"))
-    assert _parked(db, endpoint_id) == [2, 3]
     with db.unit_of_work() as session:
         assert unpark_stranded(session, now) == 1
     assert _parked(db, endpoint_id) == [3]
