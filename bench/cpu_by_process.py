@@ -6,7 +6,8 @@ sample PostgreSQL's active queries meanwhile.
 
 `python -m bench.cpu_by_process [--spy SECONDS] -- --seconds 10 --only g`
 `python -m bench.cpu_by_process --after gateway -- --seconds 10 --only c` (the bulk path, from
-its gateway's start: after the raw SQL baseline)
+its gateway's start: after the raw SQL baseline). "gateway" is also the kind of any process
+not recognised otherwise, so in other sections the count may start at the first of those.
 
 With `--spy`, `py-spy record` (pip install py-spy; not a dependency) samples the delivery
 worker (its pool processes too) and the relays for that long, from 4 s after the delivery

@@ -195,8 +195,9 @@ def lock_endpoints(session: Session, endpoint_ids: Iterable[str], *,
     the last exclusive holder left them: else it could park a delivery behind a head whose
     outcome committed meanwhile and promoted none, parked for good. Claims take no lock: the
     rows a replay makes wait behind an earlier one it parks, so a claim running beside it
-    either skips them (locked) or sees them parked when it rechecks them. SQLite writes one
-    transaction at a time.
+    skips them (locked), sees them parked when it rechecks them, or claimed one first, which
+    is then in flight and not parked (as if the claim had run before the replay). SQLite
+    writes one transaction at a time.
     """
     ids = sorted(set(endpoint_ids))
     if ids:

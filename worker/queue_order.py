@@ -17,17 +17,29 @@ kombu upgrade, beside worker/transport.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from kombu.utils.scheduling import priority_cycle
+
+from contactsync import names
 
 RUN = 4  # messages in a row from the first queue before the others are asked first once
 
 
 class SinglesFirst(priority_cycle):
-    """kombu's priority cycle, with the others asked first after `RUN` messages of the first."""
+    """kombu's priority cycle, with the others asked first after `RUN` messages of the first.
+
+    The first is `contacts.updates` whatever order the worker was given its queues in (or a
+    consumer was cancelled and added again), so that bulk can never come first unnoticed.
+    """
 
     def __init__(self, it: list[str] | None = None) -> None:
         super().__init__(it)  # type: ignore[no-untyped-call]
         self.in_a_row = 0
+
+    def update(self, it: Iterable[str]) -> None:
+        queues = list(it)
+        self.items[:] = sorted(queues, key=lambda queue: queue != names.UPDATES_QUEUE)
 
     def consume(self, n: int) -> list[str]:
         queues: list[str] = self.items[:n]

@@ -24,6 +24,12 @@ def test_the_cycle_asks_bulk_first_once_after_a_run_of_singles() -> None:
     assert asked == [names.UPDATES_QUEUE] * RUN + [names.BULK_QUEUE, names.UPDATES_QUEUE]
 
 
+def test_single_updates_come_first_whatever_order_the_queues_were_given_in() -> None:
+    cycle = SinglesFirst()
+    cycle.update([names.BULK_QUEUE, names.UPDATES_QUEUE])
+    assert cycle.consume(2) == [names.UPDATES_QUEUE, names.BULK_QUEUE]
+
+
 def test_a_bulk_message_waiting_beside_many_singles_is_taken_early(stack: Stack) -> None:
     tenant = make_tenant(stack.db, "acme")
     single_contact = make_contact(stack.db, tenant.account_id)

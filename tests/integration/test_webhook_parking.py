@@ -8,16 +8,18 @@ import threading
 from datetime import datetime, timedelta
 
 import hypothesis
+import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from redis import Redis
 from sqlalchemy import func, select, update
 
+from contactsync import names
 from contactsync import webhook_endpoints as store
 from contactsync.db import Database
 from contactsync.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from contactsync.settings import Settings
-from contactsync.timeutil import utcnow
+from contactsync.timeutil import as_utc, utcnow
 from contactsync.webhook_claims import PARKED, PENDING, Claim, claim_due, unpark_stranded
 from contactsync.webhook_outcomes import Result, record_results
 from contactsync.webhook_retention import delete_finished, finished_before, prune
@@ -29,8 +31,16 @@ from tests.webhook_support import deliveries, make_endpoint
 _tenants = itertools.count()
 
 
+@pytest.fixture(autouse=True)
+def no_housekeeping(db: Database, redis_client: Redis) -> None:
+    """Keep the running stack's relays (other tests start one) from pruning and sweeping
+    parked deliveries in the middle of these tests: they hold the lock every relay takes
+    first. After `db`, which empties Redis."""
+    redis_client.set(names.WEBHOOK_PRUNE_LOCK_KEY, "tests", ex=600)
+
+
 def _is_parked(row: WebhookDelivery) -> bool:
-    return row.next_attempt_at.year == PARKED.year  # SQLite gives it back without its zone
+    return as_utc(row.next_attempt_at) == PARKED  # SQLite gives it back without its zone
 
 
 def _parked(db: Database, endpoint_id: str) -> list[int]:

@@ -1,8 +1,9 @@
 """park queued deliveries: those behind a pending one of their contact wait out of the scan
 
-From this revision a delivery behind an earlier pending one of its endpoint and contact is
-stored parked (`next_attempt_at` far in the future), and made due when the one before it
-finishes (contactsync/webhook_claims.py). Upgrade parks the deliveries already queued so;
+From this revision the deliveries behind a head that waits for its retry are parked
+(`next_attempt_at` far in the future), and each is made due when the one before it finishes
+(contactsync/webhook_claims.py). Upgrade parks every delivery already queued behind an
+earlier pending one (behind a head that is due too: harmless, it is made due in turn);
 downgrade makes every parked one due again, since the code before never would.
 
 Revision ID: 0007_park_queued_deliveries
