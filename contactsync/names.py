@@ -35,6 +35,7 @@ ACCOUNT_PENDING_PREFIX = "contactsync:pending:account:"
 BACKLOG_ACCOUNTS_KEY = "contactsync:pending:accounts"
 # Lock key: one worker's relay at a time looks for pending updates that lost their message.
 REQUEUE_LOCK_KEY = "contactsync:requeue-lock"
+RECONCILE_LOCK_KEY = "contactsync:backlog-reconcile-lock"  # tasks/account_backlog.py
 # Sorted set of the workers' consumers: member a consumer id, score the Redis time (seconds) of
 # its last heartbeat. A consumer silent for too long is dead (worker/liveness.py).
 WORKERS_KEY = "contactsync:workers"

@@ -19,6 +19,7 @@ from redis import Redis
 from contactsync import names
 
 PAGE = 1000  # members read and checked a call
+RECONCILE_EVERY_SECONDS = 60  # one relay reconciles at most this often (a lock key)
 
 # The members of ARGV no longer pending leave the account's set; returns how many left.
 _DROP_FINISHED = """
