@@ -22,12 +22,13 @@ _EVENTS_LOCK = 0x77686576
 
 def hold_events(session: Session, *, exclusive: bool = False) -> None:
     """Hold the kept events until the transaction ends: shared by a replay, which makes
-    deliveries of old events pending again; exclusive by pruning, which deletes the events no
-    pending delivery waits for. Without it a prune could delete an event a replay committing
-    meanwhile had just made pending (its check of waiting deliveries reads a snapshot from
-    before that commit), and that delivery, its contact's head, could never be sent. One key,
-    whatever the account: replays are rare, and a prune's transaction takes milliseconds.
-    On SQLite, where one transaction writes at a time, nothing to do."""
+    deliveries of old events pending again; exclusive by pruning, which deletes finished
+    deliveries (a replay's upsert locks the same rows in another order: a deadlock) and the
+    events no pending delivery waits for. Without it a prune could delete an event that a
+    replay committing meanwhile had just made pending (its check of waiting deliveries reads
+    a snapshot from before that commit), and that delivery, its contact's head, could never
+    be sent. One key, whatever the account: replays are rare, and a prune's transaction takes
+    milliseconds. On SQLite, where one transaction writes at a time, nothing to do."""
     if session.get_bind().dialect.name == "postgresql":
         function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         session.execute(text(f"SELECT {function}(:key)"), {"key": _EVENTS_LOCK})
@@ -40,6 +41,8 @@ def prune(db: Database, settings: Settings, now: datetime, max_batches: int = 20
     removed = 0
     for _ in range(max_batches):
         with db.unit_of_work() as session:
+            # After a replay in progress, whose upsert locks these rows in another order.
+            hold_events(session, exclusive=True)
             ids = finished_before(session, cutoff)
             delete_finished(session, ids, cutoff)
         removed += len(ids)
