@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -60,32 +61,45 @@ _SLOW = """INSERT INTO webhook_deliveries (endpoint_id, event_id, contact_id, se
     FROM generate_series(1, %(backlog)s) g"""
 
 
+def _endpoints(raw: psycopg.Connection[Any], other: str) -> None:
+    """The bench's account with two endpoints: `other` and the live one."""
+    raw.execute("INSERT INTO accounts VALUES ('acc_bench', 'bench', now())")
+    for endpoint_id in (other, "whk_live"):
+        raw.execute(_ENDPOINT, (endpoint_id,))
+
+
 def _case(workdir: Path, backlog: int, queued: str, analyze: bool, rounds: int) -> float:
     with fresh_database("postgresql", workdir) as url:
         with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as raw:
-            raw.execute("INSERT INTO accounts VALUES ('acc_bench', 'bench', now())")
-            for endpoint_id in ("whk_dead", "whk_live"):
-                raw.execute(_ENDPOINT, (endpoint_id,))
+            _endpoints(raw, "whk_dead")
             raw.execute(_BACKLOG.format(queued=QUEUED[queued]),  # type: ignore[arg-type]
                         {"contacts": backlog // 10, "backlog": backlog})
             raw.execute(_LIVE)  # type: ignore[arg-type]
             if analyze:
                 raw.execute("ANALYZE")
-        settings = Settings(database_url=url)
-        db = Database(settings)
-        try:
-            took = []
-            for _ in range(rounds):
-                started = time.perf_counter()
-                with db.unit_of_work() as session:
-                    claims = claim_due(session, settings, utcnow())
-                    session.rollback()
-                took.append(time.perf_counter() - started)
-                handed = {c.endpoint_id: len(c.delivery_ids) for c in claims}
-                assert handed == {"whk_live": 10}, handed
-        finally:
-            db.dispose()
-    return statistics.median(took) * 1000
+        took, handed = _time_claims(Settings(database_url=url), rounds)
+    assert handed == {"whk_live": 10}, handed
+    return took
+
+
+def _time_claims(settings: Settings, rounds: int) -> tuple[float, dict[str, int]]:
+    """Return the median time of a dispatcher's pass (rolled back), and what it handed to each
+    endpoint."""
+    db = Database(settings)
+    try:
+        took = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            with db.unit_of_work() as session:
+                claims = claim_due(session, settings, utcnow())
+                session.rollback()
+            took.append(time.perf_counter() - started)
+    finally:
+        db.dispose()
+    handed = {c.endpoint_id: 0 for c in claims}
+    for c in claims:
+        handed[c.endpoint_id] += len(c.delivery_ids)
+    return statistics.median(took) * 1000, handed
 
 
 def _slow_case(workdir: Path, backlog: int, free_slot: bool,
@@ -97,29 +111,14 @@ def _slow_case(workdir: Path, backlog: int, free_slot: bool,
         settings = Settings(database_url=url)
         busy = settings.webhook_endpoint_max_tasks - (1 if free_slot else 0)
         with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as raw:
-            raw.execute("INSERT INTO accounts VALUES ('acc_bench', 'bench', now())")
-            for endpoint_id in ("whk_slow", "whk_live"):
-                raw.execute(_ENDPOINT, (endpoint_id,))
+            _endpoints(raw, "whk_slow")
             raw.execute(_SLOW,  # type: ignore[arg-type]
                         {"contacts": backlog // 10, "backlog": backlog, "busy": busy})
             raw.execute(_LIVE)  # type: ignore[arg-type]
             raw.execute("ANALYZE")
-        db = Database(settings)
-        try:
-            took = []
-            for _ in range(rounds):
-                started = time.perf_counter()
-                with db.unit_of_work() as session:
-                    claims = claim_due(session, settings, utcnow())
-                    session.rollback()
-                took.append(time.perf_counter() - started)
-                handed = {c.endpoint_id: 0 for c in claims}
-                for c in claims:
-                    handed[c.endpoint_id] += len(c.delivery_ids)
-                assert free_slot or handed == {"whk_live": 10}, handed
-        finally:
-            db.dispose()
-    return statistics.median(took) * 1000, handed
+        took, handed = _time_claims(settings, rounds)
+    assert free_slot or handed == {"whk_live": 10}, handed
+    return took, handed
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from redis import Redis
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from contactsync import names
 from contactsync import webhook_endpoints as store
@@ -37,6 +38,31 @@ def no_housekeeping(db: Database, redis_client: Redis) -> None:
     parked deliveries in the middle of these tests: they hold the lock every relay takes
     first. After `db`, which empties Redis."""
     redis_client.set(names.WEBHOOK_PRUNE_LOCK_KEY, "tests", ex=600)
+
+
+def _endpoint(db: Database, settings: Settings) -> tuple[str, str, datetime]:
+    """Return a new account, its endpoint, and a time an hour ahead to work at: no running
+    relay of another test's stack dispatches what is due only then."""
+    account_id = make_tenant(db, "acme").account_id
+    endpoint_id, _ = make_endpoint(db, settings, account_id, "https://a.example/h")
+    return account_id, endpoint_id, utcnow() + timedelta(hours=1)
+
+
+def _age(db: Database, settings: Settings, *, events: bool) -> datetime:
+    """Make every delivery (and every event, if `events`) older than the retention; return
+    that time."""
+    old = utcnow() - timedelta(days=settings.webhook_event_retention_days + 1)
+    with db.unit_of_work() as session:
+        session.execute(update(WebhookDelivery).values(created_at=old))
+        if events:
+            session.execute(update(WebhookEvent).values(occurred_at=old))
+    return old
+
+
+def _replay(session: Session, endpoint_id: str, since: datetime, now: datetime) -> int:
+    endpoint = session.get(WebhookEndpoint, endpoint_id)
+    assert endpoint is not None
+    return store.replay(session, endpoint, since, now)
 
 
 def _is_parked(row: WebhookDelivery) -> bool:
@@ -75,17 +101,15 @@ def _sequences(db: Database, claims: list[Claim]) -> list[int]:
 def test_deliveries_behind_a_retrying_head_wait_parked_until_it_finishes(
     db: Database, settings: Settings, redis_client: Redis
 ) -> None:
-    acme = make_tenant(db, "acme")
-    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
-    now = utcnow() + timedelta(hours=1)  # no running relay of another test dispatches these
-    fanned(db, [event(acme.account_id, "cnt_1", s) for s in (1, 2, 3)], now)
+    account_id, endpoint_id, now = _endpoint(db, settings)
+    fanned(db, [event(account_id, "cnt_1", s) for s in (1, 2, 3)], now)
     assert _parked(db, endpoint_id) == []  # behind a head that is due: due, a moment
 
     first = _claim(db, settings, now)
     assert _sequences(db, first) == [1]
     _record(db, settings, first, now, 500)  # retried in a minute: what is behind it waits
     assert _parked(db, endpoint_id) == [2, 3]
-    fanned(db, [event(acme.account_id, "cnt_1", 5)], now)  # behind the retrying head
+    fanned(db, [event(account_id, "cnt_1", 5)], now)  # behind the retrying head
     assert _parked(db, endpoint_id) == [2, 3, 5]
     assert _claim(db, settings, now) == []
 
@@ -105,10 +129,8 @@ def test_deliveries_behind_a_retrying_head_wait_parked_until_it_finishes(
 def test_a_fan_out_waits_for_a_finishing_head_and_does_not_park_behind_it(
     db: Database, settings: Settings, redis_client: Redis
 ) -> None:
-    acme = make_tenant(db, "acme")
-    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
-    now = utcnow() + timedelta(hours=1)
-    fanned(db, [event(acme.account_id, "cnt_1", 1)], now)
+    account_id, endpoint_id, now = _endpoint(db, settings)
+    fanned(db, [event(account_id, "cnt_1", 1)], now)
     _record(db, settings, _claim(db, settings, now), now, 500)  # its retry: in a minute
     later = now + timedelta(minutes=2)
     (claim,) = _claim(db, settings, later)
@@ -116,7 +138,7 @@ def test_a_fan_out_waits_for_a_finishing_head_and_does_not_park_behind_it(
     # `later`, is recorded. Had it read the head before this commit, still waiting for its
     # retry by its clock, it would park the new delivery; and this commit, which saw no
     # later delivery to promote, would leave it parked for good.
-    late = threading.Thread(target=fanned, args=(db, [event(acme.account_id, "cnt_1", 2)], now))
+    late = threading.Thread(target=fanned, args=(db, [event(account_id, "cnt_1", 2)], now))
     with db.unit_of_work() as session:
         result = Result(claim.delivery_ids[0], claim.event_ids[0], later, 5, 204, None, later)
         record_results(session, endpoint_id, claim.token, [result], settings, later)
@@ -131,19 +153,15 @@ def test_a_fan_out_waits_for_a_finishing_head_and_does_not_park_behind_it(
 def test_a_replay_parks_each_contact_s_later_deliveries_behind_its_first(
     db: Database, settings: Settings, redis_client: Redis
 ) -> None:
-    acme = make_tenant(db, "acme")
-    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
-    now = utcnow() + timedelta(hours=1)
+    account_id, endpoint_id, now = _endpoint(db, settings)
     since = utcnow() - timedelta(minutes=1)
-    fanned(db, [event(acme.account_id, c, s) for c, s in
+    fanned(db, [event(account_id, c, s) for c, s in
                 (("cnt_1", 1), ("cnt_1", 2), ("cnt_2", 3))], now)
     _record(db, settings, _claim(db, settings, now), now, 204)
     _record(db, settings, _claim(db, settings, now), now, 204)
     assert {d.status for d in deliveries(db, endpoint_id)} == {"succeeded"}
     with db.unit_of_work() as session:
-        endpoint = session.get(WebhookEndpoint, endpoint_id)
-        assert endpoint is not None
-        assert store.replay(session, endpoint, since, now) == 3
+        assert _replay(session, endpoint_id, since, now) == 3
     assert _parked(db, endpoint_id) == [2]
     assert _sequences(db, _claim(db, settings, now)) == [1, 3]
 
@@ -151,19 +169,15 @@ def test_a_replay_parks_each_contact_s_later_deliveries_behind_its_first(
 def test_a_claim_beside_a_replay_never_sends_the_later_delivery_first(
     db: Database, settings: Settings, redis_client: Redis
 ) -> None:
-    acme = make_tenant(db, "acme")
-    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
-    now = utcnow() + timedelta(hours=1)
+    account_id, endpoint_id, now = _endpoint(db, settings)
     since = utcnow() - timedelta(minutes=1)
-    fanned(db, [event(acme.account_id, "cnt_1", 1)], now)
+    fanned(db, [event(account_id, "cnt_1", 1)], now)
     _record(db, settings, _claim(db, settings, now), now, 204)
-    fanned(db, [event(acme.account_id, "cnt_1", 2)], now)  # the head now: 1 succeeded
+    fanned(db, [event(account_id, "cnt_1", 2)], now)  # the head now: 1 succeeded
     claimed: list[list[Claim]] = []
     claiming = threading.Thread(target=lambda: claimed.append(_claim(db, settings, now)))
     with db.unit_of_work() as session:  # 1 is pending again, before 2
-        endpoint = session.get(WebhookEndpoint, endpoint_id)
-        assert endpoint is not None
-        store.replay(session, endpoint, since, now)
+        _replay(session, endpoint_id, since, now)
         claiming.start()
         # PostgreSQL: the claim skips the rows the replay holds; SQLite: it waits to write.
         wait_blocked(db, claiming.native_id, claiming.is_alive)
@@ -177,26 +191,17 @@ def test_a_claim_beside_a_replay_never_sends_the_later_delivery_first(
 def test_prune_leaves_a_delivery_a_replay_made_pending_after_it_was_chosen(
     db: Database, settings: Settings, redis_client: Redis
 ) -> None:
-    acme = make_tenant(db, "acme")
-    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
-    now = utcnow() + timedelta(hours=1)
-    fanned(db, [event(acme.account_id, "cnt_1", 1)], now)
+    account_id, endpoint_id, now = _endpoint(db, settings)
+    fanned(db, [event(account_id, "cnt_1", 1)], now)
     _record(db, settings, _claim(db, settings, now), now, 204)
-    old = utcnow() - timedelta(days=settings.webhook_event_retention_days + 1)
-    with db.unit_of_work() as session:  # 1 is past retention; its event not pruned yet
-        session.execute(update(WebhookDelivery).values(created_at=old))
-        session.execute(update(WebhookEvent).values(occurred_at=old))
-    fanned(db, [event(acme.account_id, "cnt_1", 2)], now)
+    old = _age(db, settings, events=True)  # 1 is past retention; its event not pruned yet
+    fanned(db, [event(account_id, "cnt_1", 2)], now)
     cutoff = utcnow() - timedelta(days=settings.webhook_event_retention_days)
     with db.unit_of_work() as session:
-        endpoint = session.get(WebhookEndpoint, endpoint_id)
-        assert endpoint is not None
         chosen = finished_before(session, cutoff)
     assert len(chosen) == 1
     with db.unit_of_work() as session:  # a replay commits between prune's read and delete
-        endpoint = session.get(WebhookEndpoint, endpoint_id)
-        assert endpoint is not None
-        store.replay(session, endpoint, old - timedelta(seconds=1), now)
+        _replay(session, endpoint_id, old - timedelta(seconds=1), now)
     with db.unit_of_work() as session:
         delete_finished(session, chosen, cutoff)
     assert [(d.sequence, d.status) for d in deliveries(db, endpoint_id)] == [
@@ -238,8 +243,8 @@ def _check(rows: list[WebhookDelivery], now: datetime) -> None:
 def test_no_step_leaves_a_head_parked_or_two_deliveries_in_flight(
     db: Database, settings: Settings, steps: list[tuple[str, object, object]]
 ) -> None:
-    acme = make_tenant(db, f"acme{next(_tenants)}")
-    endpoint_ids = [make_endpoint(db, settings, acme.account_id, f"https://{n}.example/h")[0]
+    account_id = make_tenant(db, f"acme{next(_tenants)}").account_id
+    endpoint_ids = [make_endpoint(db, settings, account_id, f"https://{n}.example/h")[0]
                     for n in "ab"]
     out_of_retries = settings.model_copy(update={"webhook_retry_for_seconds": 0})
     times = [utcnow() - timedelta(minutes=1)]  # replay since: before all, or an event's time
@@ -250,7 +255,7 @@ def test_no_step_leaves_a_head_parked_or_two_deliveries_in_flight(
         if kind == "event":
             assert isinstance(what, str) and isinstance(which, int)
             times.append(utcnow())
-            payload = event(acme.account_id, what, which).replace(
+            payload = event(account_id, what, which).replace(
                 '"id":"evt_', f'"id":"evt_{next(made)}_', 1)  # an event of its own each time
             fanned(db, [payload], now)
         elif kind == "claim":
@@ -267,9 +272,7 @@ def test_no_step_leaves_a_head_parked_or_two_deliveries_in_flight(
         else:
             assert isinstance(what, int) and isinstance(which, int)
             with db.unit_of_work() as session:
-                endpoint = session.get(WebhookEndpoint, endpoint_ids[what])
-                assert endpoint is not None
-                store.replay(session, endpoint, times[min(which, len(times) - 1)], now)
+                _replay(session, endpoint_ids[what], times[min(which, len(times) - 1)], now)
         for endpoint_id in endpoint_ids:
             _check(deliveries(db, endpoint_id), now)
     _record(db, settings, in_flight, now, 204)
@@ -292,10 +295,8 @@ def test_no_step_leaves_a_head_parked_or_two_deliveries_in_flight(
 def test_the_sweep_makes_a_stranded_head_due_and_leaves_the_rest_parked(
     db: Database, settings: Settings, redis_client: Redis
 ) -> None:
-    acme = make_tenant(db, "acme")
-    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
-    now = utcnow() + timedelta(hours=1)
-    fanned(db, [event(acme.account_id, "cnt_1", s) for s in (1, 2, 3)], now)
+    account_id, endpoint_id, now = _endpoint(db, settings)
+    fanned(db, [event(account_id, "cnt_1", s) for s in (1, 2, 3)], now)
     _record(db, settings, _claim(db, settings, now), now, 500)
     assert _parked(db, endpoint_id) == [2, 3]
     with db.unit_of_work() as session:  # 1 finished as a worker of the code before parking
@@ -310,23 +311,17 @@ def test_the_sweep_makes_a_stranded_head_due_and_leaves_the_rest_parked(
 def test_prune_waits_for_a_replay_and_keeps_the_events_it_made_pending(
     db: Database, settings: Settings, redis_client: Redis
 ) -> None:
-    acme = make_tenant(db, "acme")
-    endpoint_id, _ = make_endpoint(db, settings, acme.account_id, "https://a.example/h")
-    now = utcnow() + timedelta(hours=1)
-    fanned(db, [event(acme.account_id, "cnt_1", 1)], now)
+    account_id, endpoint_id, now = _endpoint(db, settings)
+    fanned(db, [event(account_id, "cnt_1", 1)], now)
     _record(db, settings, _claim(db, settings, now), now, 204)
-    old = utcnow() - timedelta(days=settings.webhook_event_retention_days + 1)
-    with db.unit_of_work() as session:  # the delivery is pruned, its event not yet
-        session.execute(update(WebhookDelivery).values(created_at=old))
+    old = _age(db, settings, events=False)  # the delivery is pruned, its event not yet
     prune(db, settings, utcnow())
     assert deliveries(db, endpoint_id) == []
     with db.unit_of_work() as session:  # and now the event is past retention too
         session.execute(update(WebhookEvent).values(occurred_at=old))
     pruning = threading.Thread(target=prune, args=(db, settings, utcnow()))
     with db.unit_of_work() as session:  # the event goes out again: a new pending delivery
-        endpoint = session.get(WebhookEndpoint, endpoint_id)
-        assert endpoint is not None
-        assert store.replay(session, endpoint, old - timedelta(seconds=1), now) == 1
+        assert _replay(session, endpoint_id, old - timedelta(seconds=1), now) == 1
         pruning.start()
         wait_blocked(db, pruning.native_id, pruning.is_alive)
     pruning.join()
