@@ -32,16 +32,17 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.expression import Exists
 
 from contactsync.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from contactsync.settings import Settings
 from contactsync.timeutil import as_utc
 
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
-# The next attempt of a delivery parked behind an earlier pending one of its contact: later
-# than any real one, so the claims' scan of due rows never reaches it. Without parking, a dead
+# The next attempt of a delivery parked behind a head that waits for its retry: later than
+# any real one, so the claims' scan of due rows never reaches it. Without parking, a dead
 # endpoint's queued deliveries stayed due behind their heads' retries and every claim of every
-# endpoint scanned them: 95-142 ms a claim at 40,000 (docs/benchmarks.md, session 9).
+# endpoint scanned them: 95-136 ms a claim at 40,000 (docs/benchmarks.md, session 9).
 PARKED = datetime(9999, 1, 1, tzinfo=UTC)
 
 
@@ -73,6 +74,17 @@ class Batch:
     deliveries: list[Outgoing]
 
 
+def _earlier_pending(row: Any) -> Exists:
+    """Whether a pending delivery of `row`'s endpoint and contact comes before it (by sequence,
+    then id): false for its contact's head."""
+    earlier = aliased(WebhookDelivery, name="earlier")
+    return select(earlier.id).where(
+        earlier.endpoint_id == row.endpoint_id, earlier.contact_id == row.contact_id,
+        earlier.status == PENDING,
+        tuple_(earlier.sequence, earlier.id) < tuple_(row.sequence, row.id),
+    ).exists()
+
+
 def heads_due(  # type: ignore[no-untyped-def]
     now: datetime, limit: int, endpoint_ids: list[str], dialect: str
 ):
@@ -84,13 +96,8 @@ def heads_due(  # type: ignore[no-untyped-def]
     # the scan stops at `limit`. Ranking every pending row of the endpoint in a window, as this
     # did, sorted the whole backlog at each claim (docs/benchmarks.md, session 8).
     d = aliased(WebhookDelivery, name="d")
-    earlier = aliased(WebhookDelivery, name="earlier")
     busy = aliased(WebhookDelivery, name="busy")
-    has_earlier = select(earlier.id).where(
-        earlier.endpoint_id == d.endpoint_id, earlier.contact_id == d.contact_id,
-        earlier.status == PENDING,
-        tuple_(earlier.sequence, earlier.id) < tuple_(d.sequence, d.id),
-    ).exists()
+    has_earlier = _earlier_pending(d)
     has_busy = select(busy.id).where(
         busy.endpoint_id == d.endpoint_id, busy.contact_id == d.contact_id,
         busy.status == PENDING, busy.claimed_until > now,
@@ -233,15 +240,10 @@ def _first_pending(session: Session, pairs: set[tuple[str, str]]) -> dict[tuple[
             "endpoints": list(endpoints), "contacts": list(contacts)})
         return {(r.endpoint_id, r.contact_id): r for r in rows}
     d = aliased(WebhookDelivery, name="d")
-    earlier = aliased(WebhookDelivery, name="earlier")
     rows = session.execute(
         select(d.endpoint_id, d.contact_id, d.id, d.sequence, d.next_attempt_at).where(
             tuple_(d.endpoint_id, d.contact_id).in_(sorted(pairs)), d.status == PENDING,
-            ~select(earlier.id).where(
-                earlier.endpoint_id == d.endpoint_id, earlier.contact_id == d.contact_id,
-                earlier.status == PENDING,
-                tuple_(earlier.sequence, earlier.id) < tuple_(d.sequence, d.id),
-            ).exists(),
+            ~_earlier_pending(d),
         )
     )
     return {(r.endpoint_id, r.contact_id): r for r in rows}
@@ -253,9 +255,9 @@ def park_behind(session: Session, deliveries: list[dict[str, Any]], now: datetim
     `next_attempt_at` becomes `PARKED`. The caller holds its endpoints' locks, shared.
 
     Behind a head that is due or in flight (an endpoint that answers), a delivery stays due:
-    it waits a moment, and parking it would cost an update more when the head is done (the
-    bench's deliveries fell from 1,049 to 852/s parking every one). When a head's attempt
-    fails, `park_followers` parks what waits behind it.
+    it waits a moment, and parking it would cost an update more (its promotion) when the head
+    is done, for every delivery of a busy flow. When a head's attempt fails,
+    `park_followers` parks what waits behind it.
     """
     heads = _first_pending(session, {(d["endpoint_id"], d["contact_id"]) for d in deliveries})
     # Per pair: the lowest sequence pending, and whether it waits (a retry, or parked itself).
@@ -294,17 +296,11 @@ def unpark_stranded(session: Session, now: datetime) -> int:
     upgrade (it promotes nothing). Unparking is always safe (claims send heads only); each
     parked row costs one index probe.
     """
-    earlier = aliased(WebhookDelivery, name="earlier")
     result = session.execute(
         update(WebhookDelivery)
         .where(
             WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at == PARKED,
-            ~select(earlier.id).where(
-                earlier.endpoint_id == WebhookDelivery.endpoint_id,
-                earlier.contact_id == WebhookDelivery.contact_id, earlier.status == PENDING,
-                tuple_(earlier.sequence, earlier.id)
-                < tuple_(WebhookDelivery.sequence, WebhookDelivery.id),
-            ).exists(),
+            ~_earlier_pending(WebhookDelivery),
         )
         .values(next_attempt_at=now)
         .returning(WebhookDelivery.id)
@@ -317,7 +313,6 @@ def park_followers(session: Session, endpoint_id: str, now: datetime,
     """Park every pending delivery of the endpoint (of `contact_ids`, if given) not in flight
     that comes after a pending one of its contact: a head's attempt failed (it waits for its
     retry), or a replay made them all due. The caller holds the endpoint's lock, exclusive."""
-    earlier = aliased(WebhookDelivery, name="earlier")
     of_contacts = [] if contact_ids is None else [
         WebhookDelivery.contact_id.in_(sorted(set(contact_ids)))]
     session.execute(
@@ -326,12 +321,7 @@ def park_followers(session: Session, endpoint_id: str, now: datetime,
             WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == PENDING,
             *of_contacts, WebhookDelivery.next_attempt_at != PARKED,
             or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until <= now),
-            select(earlier.id).where(
-                earlier.endpoint_id == endpoint_id,
-                earlier.contact_id == WebhookDelivery.contact_id, earlier.status == PENDING,
-                tuple_(earlier.sequence, earlier.id)
-                < tuple_(WebhookDelivery.sequence, WebhookDelivery.id),
-            ).exists(),
+            _earlier_pending(WebhookDelivery),
         )
         .values(next_attempt_at=PARKED)
     )
