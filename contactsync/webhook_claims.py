@@ -160,12 +160,8 @@ def claim_due(session: Session, settings: Settings, now: datetime) -> list[Claim
                 endpoint_id, secrets.token_hex(8), [r.id for r in part],
                 [r.event_id for r in part], 1 + max(r.attempts for r in part),
             ))
-    until = now + timedelta(seconds=settings.webhook_lease_seconds)
     for claim in claims:
-        session.execute(
-            update(WebhookDelivery).where(WebhookDelivery.id.in_(claim.delivery_ids))
-            .values(claim_token=claim.token, claimed_until=until)
-        )
+        _lease(session, settings, claim.delivery_ids, claim.token, now)
     return claims
 
 
@@ -178,13 +174,19 @@ def claim_more(
         heads_due(now, settings.webhook_batch_size, [endpoint_id], _dialect(session))
     )]
     if ids:
-        session.execute(
-            update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(
-                claim_token=token,
-                claimed_until=now + timedelta(seconds=settings.webhook_lease_seconds),
-            )
-        )
+        _lease(session, settings, ids, token, now)
     return ids
+
+
+def _lease(session: Session, settings: Settings, delivery_ids: list[int], token: str,
+           now: datetime) -> None:
+    """Hand the deliveries to the task holding `token`, for one lease from `now`."""
+    session.execute(
+        update(WebhookDelivery).where(WebhookDelivery.id.in_(delivery_ids)).values(
+            claim_token=token,
+            claimed_until=now + timedelta(seconds=settings.webhook_lease_seconds),
+        )
+    )
 
 
 def _dialect(session: Session) -> str:
