@@ -218,10 +218,13 @@ def _read_pg(
 ) -> tuple[list[Any], list[Any], IdentityBook]:
     """`_read` in one round trip: the identities of every update, finished or not (a finished
     one's only add rows the book leaves as they are)."""
-    accounts, keys = IdentityBook.wanted((u.account_id, u.patch) for u in unique)
+    identities = _touches_identities(unique)
+    accounts, keys = (
+        IdentityBook.wanted((u.account_id, u.patch) for u in unique) if identities else ([], [])
+    )
     rows, rows_finished, held = pg_batch.read_locked(
         connection, contact_ids, [u.update_id for u in unique], accounts, keys,
-        identities=_touches_identities(unique),
+        identities=identities,
     )
     return rows, rows_finished, IdentityBook(held)
 
