@@ -14,7 +14,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from contactsync import events, pg_batch
-from contactsync.contacts import contact_to_dict, state_of
 from contactsync.errors import TransientFailure
 from contactsync.identities import MAX_EXTERNAL_SYSTEMS
 from contactsync.identity_store import IdentityBook, is_identity_race, may_touch_identities
@@ -127,10 +126,7 @@ def apply_batch(
         rows, rows_finished, book = _read_pg(connection, contact_ids, unique)
     else:
         rows, rows_finished, book = _read(connection, contact_ids, unique)
-    contacts = {
-        row.id: _Locked(row.account_id, state_of(row), contact_to_dict(row), row.updated_at)
-        for row in rows
-    }
+    contacts = {row.id: _locked(row) for row in rows}
     finished: dict[str, str] = {row.update_id: row.status for row in rows_finished}
     # A redelivered conflict answers a waiting gateway with the holder, as the first did.
     errors: dict[str, dict[str, Any] | None] = {row.update_id: row.error for row in rows_finished}
@@ -191,6 +187,29 @@ def apply_batch(
         _INSERT_EVENTS.run(connection, outbox)
     # The worker parks what the rule refused (`failed`) in this transaction (tasks/parking.py).
     return outcomes
+
+
+def _locked(row: Any) -> _Locked:
+    """Return a locked row as the merge reads it and in the seed's shape. The two share the
+    JSON values the driver decoded: neither changes them in place (the merge copies what it
+    changes, and `_apply_one` makes a new public shape), and copying them, with two times
+    formatted in Python, was a third of the worker's CPU per row of a bulk batch."""
+    tags, custom, external = row.tags, row.custom_fields, row.external_ids or {}
+    fields = {
+        "name": row.name, "email": row.email, "phone": row.phone, "company": row.company,
+        "position": row.position, "linkedin_url": row.linkedin_url,
+    }
+    public = {
+        "id": row.id, "name": row.name, "email": row.email, "phone": row.phone,
+        "company": row.company, "position": row.position, "source": row.source,
+        "linkedin_url": row.linkedin_url, "tags": tags, "custom_fields": custom,
+        "external_ids": external,
+        # PostgreSQL's rows carry them formatted (pg_batch), SQLite's do not.
+        "created_at": getattr(row, "created_at_text", None) or isoformat(row.created_at),
+        "updated_at": getattr(row, "updated_at_text", None) or isoformat(row.updated_at),
+    }
+    state = ContactState(fields, tuple(tags), custom, row.field_seqs, external)
+    return _Locked(row.account_id, state, public, row.updated_at)
 
 
 def _read(

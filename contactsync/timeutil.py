@@ -17,10 +17,12 @@ def as_utc(value: datetime) -> datetime:
 
 def isoformat(value: datetime) -> str:
     """Return `2024-01-15T10:30:00.000Z` for a datetime."""
-    # isoformat rather than strftime: 3 µs less a call, and two calls an applied update.
-    if value.tzinfo is not UTC:
-        value = as_utc(value)
-    return value.isoformat(timespec="milliseconds")[:-6] + "Z"
+    # isoformat rather than strftime, and no conversion of a UTC value in another tzinfo (the
+    # driver's `Etc/UTC`): 4 µs less a call, and a bulk update makes two.
+    text = value.isoformat(timespec="milliseconds")
+    if text.endswith("+00:00"):
+        return text[:-6] + "Z"
+    return as_utc(value).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_iso(text: str) -> datetime:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -200,6 +200,28 @@ def test_a_noop_writes_no_event_and_keeps_updated_at(db: Database, writer: Datab
     assert [o.status for o in outcomes] == ["noop"] and events == []
     assert contact(db, contact_id)["company"] == "New"
     assert contact(db, contact_id)["updated_at"] == stamped
+
+
+def test_an_answer_carries_the_contacts_times_to_the_millisecond_truncated(
+    db: Database, writer: Database
+) -> None:
+    # PostgreSQL formats the locked row's times (pg_batch), Python formats SQLite's: one text.
+    tenant = make_tenant(db, "acme")
+    contact_id = make_contact(db, tenant.account_id, company="Acme")
+    with db.unit_of_work() as session:
+        session.execute(
+            text("UPDATE contacts SET created_at = :c, updated_at = :u WHERE id = :id"),
+            {"c": datetime(2024, 2, 29, 23, 59, 59, 999_999, tzinfo=UTC),
+             "u": datetime(2025, 1, 1, 0, 0, 0, 500, tzinfo=UTC), "id": contact_id},
+        )
+    (outcome,) = run(writer, [accepted(tenant.account_id, contact_id, {"company": "Acme"})])[0]
+    assert outcome.status == "noop" and outcome.contact is not None
+    assert outcome.contact["created_at"] == "2024-02-29T23:59:59.999Z"
+    assert outcome.contact["updated_at"] == "2025-01-01T00:00:00.000Z"
+    stored = contact(db, contact_id)
+    assert (stored["created_at"], stored["updated_at"]) == (
+        outcome.contact["created_at"], outcome.contact["updated_at"]
+    )
 
 
 def test_more_than_100_custom_fields_fails_and_changes_nothing(
