@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -31,7 +32,7 @@ from bench import services
 from bench.costs import TICKS
 from contactsync.batch_apply import apply_batch
 from contactsync.db import Database
-from contactsync.models import OutboxEvent
+from contactsync.models import Contact, OutboxEvent
 from contactsync.settings import Settings
 from contactsync.timeutil import isoformat, utcnow
 from contactsync.updates import AcceptedUpdate
@@ -142,6 +143,17 @@ class _Bench:
         return int(self.raw.info.backend_pid)
 
 
+def _account_of(settings: Settings, contact_id: str) -> str:
+    db = Database(settings)
+    try:
+        with db.reading() as session:
+            contact = session.get(Contact, contact_id)
+            assert contact is not None
+            return contact.account_id
+    finally:
+        db.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.apply_cpu", description=__doc__)
     parser.add_argument("--batches", type=int, default=50, help="batches of 200 a round")
@@ -152,9 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             services.fresh_database("postgresql", Path(tmp)) as url:
         settings = Settings(database_url=url, redis_url=redis_url)
         _, contacts = services.seed(settings, 1000)
-        with psycopg.connect(url.replace("+psycopg", "")) as conn:
-            account = str(conn.execute("SELECT account_id FROM contacts LIMIT 1").fetchone()[0])
-        bench = _Bench(settings, account, contacts)
+        bench = _Bench(settings, _account_of(settings, contacts[0]), contacts)
         results: dict[str, list[tuple[float, ...]]] = {}
         events = args.batches * BATCH
         bench.ours_apply(bench.batches(5))  # warm: pool, statements, the table's pages
@@ -164,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                                 ("apply, raw UPDATEs", bench.raw_apply)):
                 batches = bench.batches(args.batches)
                 pid = bench.raw_pid if "raw" in name else (lambda: bench.pid)
-                results.setdefault(name, []).append(
-                    _measure(lambda apply=apply, batches=batches: apply(batches), pid)
-                )
+                results.setdefault(name, []).append(_measure(partial(apply, batches), pid))
             for name, relay in (("relay, ours", bench.ours_relay),
                                 ("relay, raw pass", bench.raw_relay)):
                 bench.fill_outbox(events)
