@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, runs in results.items():
         cpu, pg, wall = (statistics.median(r[i] for r in runs) for i in range(3))
         print(f"| {name} | {cpu:.1f} | {pg:.1f} | {wall:.1f} |")
-    print(f"\ncommand: python -m bench.apply_cpu {' '.join(argv or [])}".rstrip())
+    shown = sys.argv[1:] if argv is None else argv
+    print(f"\ncommand: python -m bench.apply_cpu {' '.join(shown)}".rstrip())
     return 0
 
 
