@@ -192,8 +192,8 @@ def apply_batch(
 def _locked(row: Any) -> _Locked:
     """Return a locked row as the merge reads it and in the seed's shape. The two share the
     JSON values the driver decoded: neither changes them in place (the merge copies what it
-    changes, and `_apply_one` makes a new public shape), and copying them, with two times
-    formatted in Python, was a third of the worker's CPU per row of a bulk batch."""
+    changes, and `_apply_one` makes a new public shape). Two copies, with two times formatted
+    in Python, cost 15 µs a row, a seventh of a bulk update's apply."""
     tags, custom, external = row.tags, row.custom_fields, row.external_ids or {}
     fields = {
         "name": row.name, "email": row.email, "phone": row.phone, "company": row.company,

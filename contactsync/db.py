@@ -41,8 +41,9 @@ def make_engine(settings: Settings, lock_timeout_ms: int | None = None) -> Engin
         # run sees the table's size as it is; it costs at most ~0.1 ms a statement more.
         options = "-c plan_cache_mode=force_custom_plan"
         # Sessions in `UTC` by that name: psycopg then returns times with `datetime.UTC`, not a
-        # `ZoneInfo` (which a server's default `Etc/UTC` gives), and formatting one costs half:
-        # 11 µs to 5 for a bulk update's locked row (docs/benchmarks.md, "Session 10").
+        # `ZoneInfo` (which a server's default `Etc/UTC` gives), which cost a conversion, about
+        # a microsecond, at each `timeutil.isoformat`. It also makes every server-side text
+        # of a time (`to_char`, `::date`) UTC, whatever the server's own zone.
         options += " -c TimeZone=UTC"
         if lock_timeout_ms is not None:
             options += f" -c lock_timeout={int(lock_timeout_ms)}"

@@ -17,8 +17,8 @@ def as_utc(value: datetime) -> datetime:
 
 def isoformat(value: datetime) -> str:
     """Return `2024-01-15T10:30:00.000Z` for a datetime."""
-    # isoformat rather than strftime, and no conversion of a UTC value in another tzinfo (the
-    # driver's `Etc/UTC`): 4 µs less a call, and a bulk update makes two.
+    # isoformat rather than strftime, and no conversion of a value already in UTC: 2-3 µs
+    # less a call, at every event and answer.
     text = value.isoformat(timespec="milliseconds")
     if text.endswith("+00:00"):
         return text[:-6] + "Z"

@@ -63,7 +63,7 @@ def relay_once(
 def _published(session: Session, ids: list[int]) -> Delete:
     """Return the DELETE of the outbox rows `ids`. On PostgreSQL the ids go as one array:
     an `IN` of 500 parameters cost the relay half its CPU to compile and convert
-    (docs/benchmarks.md, "Session 10: the relay's delete")."""
+    (docs/benchmarks.md, "Session 10: a bulk update's CPU")."""
     if session.get_bind().dialect.name == "postgresql":
         return delete(OutboxEvent).where(OutboxEvent.id == any_(cast(ids, ARRAY(Integer))))
     return delete(OutboxEvent).where(OutboxEvent.id.in_(ids))
