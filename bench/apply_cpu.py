@@ -30,7 +30,7 @@ from redis import Redis
 from sqlalchemy import delete, insert, text
 
 from bench import services
-from bench.costs import TICKS
+from bench.costs import tree_cpu_seconds
 from contactsync.batch_apply import apply_batch
 from contactsync.db import Database
 from contactsync.models import Contact, OutboxEvent
@@ -42,17 +42,13 @@ from tasks.relay import relay_once
 BATCH = 200
 
 
-def _backend_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def _measure(run: Callable[[], int], backend_pid: Callable[[], int]) -> tuple[float, ...]:
     """Run once; return (client CPU µs, PostgreSQL CPU µs, wall µs) per item."""
     pid = backend_pid()
-    pg, cpu, wall = _backend_cpu(pid), time.process_time(), time.perf_counter()
+    pg, cpu, wall = tree_cpu_seconds(pid), time.process_time(), time.perf_counter()
     items = run()
-    pg, cpu, wall = _backend_cpu(pid) - pg, time.process_time() - cpu, time.perf_counter() - wall
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    pg = tree_cpu_seconds(pid) - pg
     return tuple(1e6 * x / items for x in (cpu, pg, wall))
 
 
